@@ -1,0 +1,78 @@
+"""Laying out token batches as [left-padded prompt | completion] and cutting micro-batches.
+
+Both the sampler and the supervised methods produce this layout, so one log-prob function
+(`grpokit.logprobs.completion_logprobs`) serves every method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class TokenBatch:
+    prompt_ids_BP: torch.Tensor
+    prompt_mask_BP: torch.Tensor
+    completion_ids_BC: torch.Tensor
+    completion_mask_BC: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.prompt_ids_BP.shape[0]
+
+    def select(self, rows: torch.Tensor | list[int]) -> TokenBatch:
+        """Rows of the batch, with columns that are padding in every selected row cut away."""
+        rows = torch.as_tensor(rows, device=self.prompt_ids_BP.device)
+        p_mask, c_mask = self.prompt_mask_BP[rows], self.completion_mask_BC[rows]
+        first = int(p_mask.any(0).long().argmax())  # left padding shared by all rows
+        width = int(c_mask.sum(-1).max())  # longest completion among the rows
+        return TokenBatch(
+            self.prompt_ids_BP[rows, first:], p_mask[:, first:],
+            self.completion_ids_BC[rows, :width], c_mask[:, :width],
+        )
+
+    def input_ids(self) -> torch.Tensor:
+        return torch.cat([self.prompt_ids_BP, self.completion_ids_BC], dim=1)
+
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.prompt_mask_BP, self.completion_mask_BC], dim=1)
+
+    def to(self, device) -> TokenBatch:
+        return TokenBatch(*(t.to(device) for t in (self.prompt_ids_BP, self.prompt_mask_BP,
+                                                    self.completion_ids_BC, self.completion_mask_BC)))
+
+
+def encode_prompts(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad prompts (generation appends on the right, so real tokens must end aligned)."""
+    # Chat templates already contain any BOS they need; adding special tokens again would double it.
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    width = max(len(ids) for ids in encoded)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ids_BP = torch.full((len(encoded), width), pad, dtype=torch.long)
+    mask_BP = torch.zeros((len(encoded), width), dtype=torch.long)
+    for i, ids in enumerate(encoded):
+        if ids:
+            ids_BP[i, width - len(ids):] = torch.tensor(ids)
+            mask_BP[i, width - len(ids):] = 1
+    return ids_BP, mask_BP
+
+
+def encode_pairs(tokenizer, prompts: list[str], completions: list[str]) -> TokenBatch:
+    """Tokenise (prompt, target completion) pairs for supervised losses; EOS ends each target."""
+    prompt_ids_BP, prompt_mask_BP = encode_prompts(tokenizer, prompts)
+    targets = [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for c in completions]
+    width = max(len(t) for t in targets)
+    completion_ids_BC = torch.full((len(targets), width), tokenizer.pad_token_id, dtype=torch.long)
+    completion_mask_BC = torch.zeros((len(targets), width), dtype=torch.long)
+    for i, t in enumerate(targets):
+        completion_ids_BC[i, : len(t)] = torch.tensor(t)
+        completion_mask_BC[i, : len(t)] = 1
+    return TokenBatch(prompt_ids_BP, prompt_mask_BP, completion_ids_BC, completion_mask_BC)
+
+
+def micro_batches(num_rows: int, size: int, lengths_B: torch.Tensor | None = None) -> list[list[int]]:
+    """Split row indices into chunks of at most `size`. With lengths, rows of similar length
+    go together, so little compute is spent on padding."""
+    order = list(range(num_rows)) if lengths_B is None else torch.argsort(lengths_B, stable=True).tolist()
+    return [order[i: i + size] for i in range(0, num_rows, size)]

@@ -1,0 +1,284 @@
+"""Configuration: dataclasses are the single source of truth.
+
+A YAML file (loaded safely) and `section.key=value` overrides fill them. Every field carries
+its help text in `metadata["help"]`, which `grpokit config` prints. Unknown keys and wrong
+types are errors that name the key and suggest the closest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from grpokit.errors import GrpokitError
+
+
+def option(default, help: str):
+    """A dataclass field with its documentation attached."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ModelConfig:
+    path: str = option("", "Local Hugging Face model folder, or a hub name where a network exists.")
+    dtype: str = option("float32", "Parameter dtype: float32, bfloat16 or float16.")
+    device: str = option("auto", "auto (cuda if available, else cpu), cpu, or cuda[:N].")
+    trust_remote_code: bool = option(False, "Allow model code from the model folder to run. Off unless you trust it.")
+
+
+@dataclass
+class DataConfig:
+    train: str = option("", "Training prompts: .jsonl/.json/.parquet/.csv file, saved datasets folder, or hub name.")
+    eval: str = option("", "Held-out prompts for evaluation (same formats); empty for none.")
+    train_split: str | None = option(None, "Split to read from a DatasetDict folder or hub dataset (default train).")
+    eval_split: str | None = option(None, "Split for the eval source (default train for folders, as stored).")
+    prompt_field: str = option("prompt", "Column holding the prompt (a string or a list of chat messages).")
+    answer_field: str = option("answer", "Column holding the ground-truth answer.")
+    dataset_format: str = option("auto", "auto (grpokit/TRL columns) or gsm8k (question / answer ending in '#### N').")
+    system_prompt: str | None = option(None, "System message added to chat-template prompts that have none.")
+    prompt_template: str | None = option(None, "Python format string with {prompt}, used instead of the chat template.")
+    max_train_examples: int | None = option(None, "Keep only the first N training rows.")
+    max_eval_examples: int | None = option(None, "Keep only the first N eval rows.")
+
+
+@dataclass
+class SamplingConfig:
+    group_size: int = option(8, "G: completions sampled per prompt.")
+    max_new_tokens: int = option(64, "Longest completion; longer ones are cut and counted as truncated.")
+    temperature: float = option(1.0, "Sampling temperature (> 0); the trainer's log-probs use the same value.")
+
+
+@dataclass
+class GRPOConfig:
+    prompts_per_step: int = option(16, "Prompts per step; the batch is prompts_per_step x group_size completions.")
+    baseline: str = option("mean", "Advantage baseline: mean (GRPO) or leave_one_out (RLOO).")
+    scale_by_std: bool = option(True, "Divide advantages by the group std (GRPO); false for Dr. GRPO / RLOO.")
+    std_eps: float = option(1e-4, "Epsilon added to the group std.")
+    beta: float = option(0.0, "Weight of the k3 KL to the reference model; the reference is loaded only if > 0.")
+    clip_low: float = option(0.2, "Lower clip range: ratio >= 1 - clip_low.")
+    clip_high: float = option(0.2, "Upper clip range: ratio <= 1 + clip_high (0.28 for DAPO clip-higher).")
+    aggregation: str = option("token", "Token loss averaging: sequence (GRPO), token (DAPO), constant (Dr. GRPO).")
+    num_iterations: int = option(1, "Updates per rollout; > 1 reuses the stored old log-probs for the ratio.")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = option(1e-5, "AdamW peak learning rate.")
+    weight_decay: float = option(0.0, "AdamW weight decay.")
+    adam_beta1: float = option(0.9, "AdamW beta1.")
+    adam_beta2: float = option(0.999, "AdamW beta2.")
+    warmup_steps: int = option(0, "Linear learning-rate warm-up steps.")
+    schedule: str = option("constant", "Learning-rate schedule after warm-up: constant, linear or cosine.")
+    max_grad_norm: float = option(1.0, "Gradient clipping norm (0 disables).")
+    micro_batch_size: int = option(64, "Sequences per forward/backward pass; gradients accumulate up to the batch.")
+
+
+@dataclass
+class WarmupConfig:
+    steps: int = option(0, "SFT warm-up steps on the training rows' reference completions before the method runs.")
+    batch_size: int = option(32, "Rows per SFT warm-up step.")
+    lr: float = option(1e-3, "SFT warm-up learning rate (constant, AdamW).")
+    completion_field: str = option("completion", "Column holding the reference completion for the warm-up.")
+
+
+@dataclass
+class EvalConfig:
+    every: int = option(0, "Evaluate on the eval set every N steps (0: only before and after).")
+    max_new_tokens: int | None = option(None, "Longest eval completion (default: sampling.max_new_tokens).")
+    batch_size: int = option(128, "Prompts per generation batch during evaluation.")
+
+
+@dataclass
+class TrainConfig:
+    method: str = option("grpo", "Update rule. Available: grpo.")
+    steps: int = option(100, "Optimisation steps of the method.")
+    seed: int = option(0, "Seed for python, numpy and torch.")
+    out_dir: str = option("runs/latest", "Run folder: config, metrics, rollouts, checkpoints, plots, summary.")
+    save_every: int = option(0, "Save a checkpoint every N steps (0: only the final model).")
+    log_rollouts: bool = option(True, "Write every sampled completion with its rewards to rollouts.jsonl.")
+    progress: bool = option(True, "Show a progress bar.")
+    threads: int | None = option(None, "torch CPU threads (default: torch's choice).")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "The policy model."})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Prompts and ground truth."})
+    rewards: list = option(
+        ["accuracy", "format"],
+        "Reward components: names (accuracy, format), dotted paths or file.py:function, or "
+        "{name, weight, alias, ...keyword arguments} mappings.",
+    )
+    sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"help": "Sampling."})
+    grpo: GRPOConfig = field(default_factory=GRPOConfig, metadata={"help": "GRPO update rule."})
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "Optimiser."})
+    warmup: WarmupConfig = field(default_factory=WarmupConfig, metadata={"help": "SFT warm-up."})
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Held-out evaluation."})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Training loop."})
+
+
+CHOICES = {
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "data.dataset_format": ("auto", "gsm8k"),
+    "grpo.baseline": ("mean", "leave_one_out"),
+    "grpo.aggregation": ("sequence", "token", "constant"),
+    "optim.schedule": ("constant", "linear", "cosine"),
+    "train.method": ("grpo",),
+}
+POSITIVE = ("sampling.group_size", "sampling.max_new_tokens", "grpo.prompts_per_step", "grpo.num_iterations",
+            "optim.micro_batch_size", "warmup.batch_size", "eval.batch_size")
+
+
+# ---------------------------------------------------------------------------- walking the tree
+
+def all_keys(cls=Config, prefix: str = "") -> dict[str, dataclasses.Field]:
+    """Every leaf key as a dotted name -> its field."""
+    keys = {}
+    for f in dataclasses.fields(cls):
+        name = prefix + f.name
+        if dataclasses.is_dataclass(f.type if isinstance(f.type, type) else _resolve(cls, f)):
+            keys.update(all_keys(_resolve(cls, f), name + "."))
+        else:
+            keys[name] = f
+    return keys
+
+
+def _resolve(cls, f: dataclasses.Field):
+    return typing.get_type_hints(cls)[f.name]
+
+
+def _unknown_key(key: str, where: str) -> GrpokitError:
+    keys = list(all_keys())
+    close = difflib.get_close_matches(key, keys, n=1)
+    if not close:  # 'betaa=1' -> compare with leaf names, suggest the full dotted key
+        by_leaf = {k.split(".")[-1]: k for k in keys}
+        close = [by_leaf[m] for m in difflib.get_close_matches(key.split(".")[-1], list(by_leaf), n=1)]
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return GrpokitError(f"{where}: unknown config key '{key}'.{hint} Run `grpokit config` to list every key.")
+
+
+def _check_type(key: str, value, hint, where: str):
+    """Return value converted to the field's type, or raise naming the key and both types."""
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for t in allowed:
+        if t is bool and isinstance(value, bool):
+            return value
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is str and isinstance(value, str):
+            return value
+        if typing.get_origin(t) is list or t is list:
+            if isinstance(value, list):
+                return value
+    expected = " or ".join("null" if t is type(None) else getattr(t, "__name__", str(t)) for t in allowed)
+    raise GrpokitError(f"{where}: config key '{key}' expects {expected}, found {type(value).__name__} {value!r}.")
+
+
+def _fill(obj, data: dict, prefix: str, where: str) -> None:
+    if not isinstance(data, dict):
+        raise GrpokitError(f"{where}: config section '{prefix.rstrip('.') or '<top>'}' must be a mapping, "
+                           f"found {type(data).__name__}.")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        dotted = prefix + str(key)
+        if key not in names:
+            raise _unknown_key(dotted, where)
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _fill(current, value, dotted + ".", where)
+        else:
+            setattr(obj, key, _check_type(dotted, value, hints[key], where))
+
+
+def _validate(config: Config) -> None:
+    for key, choices in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value not in choices:
+            raise GrpokitError(f"config key '{key}' is {value!r}; expected one of {', '.join(choices)}.")
+    for key in POSITIVE:
+        section, name = key.split(".")
+        if getattr(getattr(config, section), name) < 1:
+            raise GrpokitError(f"config key '{key}' must be at least 1.")
+    if not config.sampling.temperature > 0 or not math.isfinite(config.sampling.temperature):
+        raise GrpokitError("config key 'sampling.temperature' must be a positive number for training.")
+    if config.sampling.group_size < 2 and config.train.method == "grpo":
+        raise GrpokitError("config key 'sampling.group_size' must be at least 2 for grpo (the baseline is the group).")
+    if not isinstance(config.rewards, list) or not config.rewards:
+        raise GrpokitError("config key 'rewards' must be a non-empty list of reward components.")
+
+
+# ---------------------------------------------------------------------------- public API
+
+def parse_override(text: str) -> tuple[str, object]:
+    """'grpo.beta=0.04' -> ('grpo.beta', 0.04). Values are parsed as YAML scalars/lists."""
+    if "=" not in text:
+        raise GrpokitError(f"override '{text}' is not of the form key=value (e.g. grpo.beta=0.04).")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise GrpokitError(f"override '{text}': the value is not valid YAML ({e}).") from None
+    return key.strip(), value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> Config:
+    """Build a Config from defaults, then `base` (a dict), then a YAML file, then overrides."""
+    config = Config()
+    if base:
+        _fill(config, base, "", "built-in defaults")
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise GrpokitError(f"config file '{path}' does not exist (looked in {Path.cwd()}).")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            # safe_load also rejects !!python/object tags: config files cannot run code.
+            raise GrpokitError(f"config file '{path}' is not valid YAML: {e}") from None
+        _fill(config, data, "", f"config file '{path}'")
+    for text in overrides:
+        key, value = parse_override(text)
+        nested: dict = {}
+        cursor = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            cursor = cursor.setdefault(part, {})
+        cursor[parts[-1]] = value
+        _fill(config, nested, "", f"override '{text}'")
+    _validate(config)
+    return config
+
+
+def to_dict(config: Config) -> dict:
+    return dataclasses.asdict(config)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+
+
+def describe() -> str:
+    """Every key with its default and help text (what `grpokit config` prints)."""
+    lines = []
+    defaults = to_dict(Config())
+    for key, f in all_keys().items():
+        value = defaults
+        for part in key.split("."):
+            value = value[part]
+        lines.append(f"{key} = {value!r}\n    {f.metadata.get('help', '')}")
+    return "\n".join(lines)

@@ -1,0 +1,108 @@
+"""Held-out evaluation: greedy accuracy and format rate, and pass@k / maj@k from k samples.
+
+Accuracy uses the run's own `accuracy` reward component (with its extraction mode) so that
+what is reported is what was trained on; format rate likewise uses the run's `format` component.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import torch
+
+from grpokit.rewards import (
+    BUILTIN_REWARDS,
+    RewardComponent,
+    answers_match,
+    extract_answer,
+)
+from grpokit.sampler import sample
+
+
+def _component(components: list[RewardComponent], name: str) -> RewardComponent:
+    """The run's component of that builtin, or the builtin with its defaults."""
+    for c in components:
+        if c.fn is BUILTIN_REWARDS[name]:
+            return c
+    return RewardComponent(name=name, fn=BUILTIN_REWARDS[name])
+
+
+def _score(component: RewardComponent, completion: str, answer: str | None) -> float:
+    value = component.fn(completion, answer=answer, **component.kwargs)
+    return 0.0 if value is None else float(value)
+
+
+def evaluate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    answers: list[str | None],
+    components: list[RewardComponent],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 128,
+    k: int = 0,
+    temperature: float = 1.0,
+) -> dict:
+    """Greedy decoding on every prompt; with k > 1, also k samples each for pass@k and maj@k.
+
+    Returns accuracy, format_rate, mean_length, truncation_rate, n, seconds (and pass_at_k,
+    maj_at_k, k). pass@k: some sample is correct. maj@k: the most frequent extracted answer
+    (ties broken by first occurrence) is correct.
+    """
+    start = time.perf_counter()
+    accuracy_c, format_c = _component(components, "accuracy"), _component(components, "format")
+    correct, formatted, lengths, truncated, outputs = [], [], [], [], []
+    for i in range(0, len(prompts), batch_size):
+        rollout = sample(model, tokenizer, prompts[i: i + batch_size], group_size=1,
+                         max_new_tokens=max_new_tokens, temperature=0.0)
+        for text, answer in zip(rollout.completions, answers[i: i + batch_size]):
+            correct.append(_score(accuracy_c, text, answer))
+            formatted.append(_score(format_c, text, answer))
+            outputs.append(text)
+        lengths += rollout.completion_lengths_B.tolist()
+        truncated += rollout.truncated_B.tolist()
+    n = len(prompts)
+    result = {
+        "accuracy": sum(correct) / n,
+        "format_rate": sum(formatted) / n,
+        "mean_length": sum(lengths) / n,
+        "truncation_rate": sum(truncated) / n,
+        "n": n,
+    }
+    if k > 1:
+        result.update(_pass_and_majority(model, tokenizer, prompts, answers, accuracy_c, k=k,
+                                         max_new_tokens=max_new_tokens, temperature=temperature,
+                                         batch_size=max(1, batch_size // k)))
+    result["seconds"] = time.perf_counter() - start
+    result["samples"] = [{"completion": o, "correct": c} for o, c in zip(outputs[:8], correct[:8])]
+    return result
+
+
+def _pass_and_majority(model, tokenizer, prompts, answers, accuracy_c, *, k, max_new_tokens, temperature,
+                       batch_size, seed: int = 0) -> dict:
+    # Its own seeded RNG stream: evaluating must not change what training samples next.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _pass_and_majority_unseeded(model, tokenizer, prompts, answers, accuracy_c, k=k,
+                                           max_new_tokens=max_new_tokens, temperature=temperature,
+                                           batch_size=batch_size)
+
+
+def _pass_and_majority_unseeded(model, tokenizer, prompts, answers, accuracy_c, *, k, max_new_tokens,
+                                temperature, batch_size) -> dict:
+    extract_mode = accuracy_c.kwargs.get("extract", "auto")
+    passed = majority = 0
+    for i in range(0, len(prompts), batch_size):
+        rollout = sample(model, tokenizer, prompts[i: i + batch_size], group_size=k,
+                         max_new_tokens=max_new_tokens, temperature=temperature)
+        for j, answer in enumerate(answers[i: i + batch_size]):
+            group = rollout.completions[j * k: (j + 1) * k]
+            passed += any(_score(accuracy_c, text, answer) > 0 for text in group)
+            extracted = [e for e in (extract_answer(t, extract_mode) for t in group) if e is not None]
+            if extracted:
+                top = Counter(extracted).most_common(1)[0][0]
+                majority += answer is not None and answers_match(top, answer)
+    n = len(prompts)
+    return {"k": k, "pass_at_k": passed / n, "maj_at_k": majority / n}

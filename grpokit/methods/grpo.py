@@ -1,0 +1,77 @@
+"""GRPO: group-relative advantages and the clipped surrogate, one rollout at a time.
+
+`grpo_update` takes a scored rollout and performs `num_iterations` optimiser steps on it,
+accumulating gradients over micro-batches. It reads top to bottom like the formula in
+ALGORITHMS.md; the tensor maths lives in `grpokit.losses` and `grpokit.advantages`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from grpokit.advantages import group_advantages, zero_variance_groups
+from grpokit.batching import micro_batches
+from grpokit.config import Config
+from grpokit.logprobs import completion_logprobs
+from grpokit.losses import BatchNorm, grpo_loss
+from grpokit.optim import optimizer_step
+from grpokit.sampler import Rollout
+
+
+def compute_advantages(rewards_B: torch.Tensor, group_size: int, cfg) -> tuple[torch.Tensor, float]:
+    """(B,) rewards grouped by prompt -> (B,) advantages and the fraction of zero-variance groups."""
+    rewards_NG = rewards_B.view(-1, group_size)
+    advantages_NG = group_advantages(rewards_NG, baseline=cfg.baseline, scale_by_std=cfg.scale_by_std,
+                                     eps=cfg.std_eps)
+    return advantages_NG.reshape(-1), zero_variance_groups(rewards_NG).float().mean().item()
+
+
+def _logprobs(model, batch, temperature: float) -> torch.Tensor:
+    return completion_logprobs(model, batch.input_ids(), batch.attention_mask(),
+                               batch.prompt_ids_BP.shape[1], temperature)
+
+
+def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: torch.Tensor, config: Config,
+                ref_model=None) -> dict[str, float]:
+    """num_iterations optimiser steps on one rollout; returns summed-then-averaged metrics."""
+    cfg, device = config.grpo, next(model.parameters()).device
+    tokens = rollout.tokens.to(device)
+    advantages_B = advantages_B.to(device)
+    temperature = config.sampling.temperature
+    mask_BC = tokens.completion_mask_BC
+    norm = BatchNorm(num_sequences=len(tokens), num_tokens=int(mask_BC.sum()),
+                     max_len=config.sampling.max_new_tokens)
+    chunks = micro_batches(len(tokens), config.optim.micro_batch_size, rollout.completion_lengths_B)
+
+    ref_logps = [None] * len(chunks)
+    if cfg.beta != 0.0:
+        with torch.no_grad():
+            ref_logps = [_logprobs(ref_model, tokens.select(rows), temperature) for rows in chunks]
+
+    old_logps: list[torch.Tensor | None] = [None] * len(chunks)
+    totals = {"loss": 0.0, "clipped_tokens": 0.0, "kl_sum": 0.0, "tokens": 0.0, "grad_norm": 0.0}
+    for iteration in range(cfg.num_iterations):
+        for i, rows in enumerate(chunks):
+            batch = tokens.select(rows)
+            logp_BT = _logprobs(model, batch, temperature)
+            if iteration == 0:
+                # pi_old is the policy that sampled: numerically the current one (ratio 1, with gradient).
+                old_logps[i] = logp_BT.detach()
+            loss, metrics = grpo_loss(
+                logp_BT, old_logps[i], advantages_B[rows], batch.completion_mask_BC, norm,
+                clip_low=cfg.clip_low, clip_high=cfg.clip_high, beta=cfg.beta, ref_logp_BT=ref_logps[i],
+                aggregation=cfg.aggregation,
+            )
+            loss.backward()  # the loss is already normalised by the whole batch: no accumulation scaling
+            totals["loss"] += loss.item()
+            for key in ("clipped_tokens", "kl_sum", "tokens"):
+                totals[key] += metrics[key]
+        totals["grad_norm"] += optimizer_step(model, optimizer, scheduler, config.optim.max_grad_norm)
+    iterations = cfg.num_iterations
+    return {
+        "loss": totals["loss"] / iterations,
+        "grad_norm": totals["grad_norm"] / iterations,
+        "kl": totals["kl_sum"] / max(totals["tokens"], 1),
+        "clip_fraction": totals["clipped_tokens"] / max(totals["tokens"], 1),
+        "tokens_backpropagated": int(totals["tokens"]),
+    }

@@ -1,0 +1,57 @@
+"""Loading a causal LM and its tokenizer, with errors a user can act on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from grpokit.config import ModelConfig
+from grpokit.errors import GrpokitError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    _check_exists(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise GrpokitError(f"could not load a tokenizer from '{path}': {e}") from None
+    if tokenizer.pad_token_id is None:
+        # Padding is masked by position, so reusing EOS as pad never hides a real EOS.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(cfg: ModelConfig, path: str | None = None):
+    """The policy (or a frozen copy, e.g. the reference) on the configured device and dtype."""
+    from transformers import AutoModelForCausalLM
+
+    path = path or cfg.path
+    _check_exists(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as e:
+        raise GrpokitError(f"could not load a causal LM from '{path}': {e}") from None
+    return model.to(resolve_device(cfg.device))
+
+
+def _check_exists(path: str) -> None:
+    """A path-looking name that does not exist is a typo, not a hub name: say so before the hub is tried."""
+    if not path:
+        raise GrpokitError("no model given: set model.path (a local model folder or a hub name).")
+    # Hub names are "name" or "org/name"; anything else (./x, /x, a/b/c) can only be local.
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1
+    if looks_local and not Path(path).expanduser().exists():
+        raise GrpokitError(f"model path '{path}' does not exist (looked in {Path.cwd()}).")

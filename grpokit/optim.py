@@ -1,0 +1,49 @@
+"""Optimiser, learning-rate schedule and the optimiser step, shared by every method."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from grpokit.config import OptimConfig
+
+
+def build_optimizer(model, cfg: OptimConfig, lr: float | None = None) -> torch.optim.AdamW:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.lr if lr is None else lr, weight_decay=cfg.weight_decay,
+                             betas=(cfg.adam_beta1, cfg.adam_beta2))
+
+
+def lr_factor(step: int, *, warmup_steps: int, total_steps: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at optimiser step `step` (0-based)."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))  # cosine
+
+
+def build_scheduler(optimizer, cfg: OptimConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: lr_factor(step, warmup_steps=cfg.warmup_steps, total_steps=total_steps,
+                               schedule=cfg.schedule),
+    )
+
+
+def optimizer_step(model, optimizer, scheduler, max_grad_norm: float) -> float:
+    """Clip, step, advance the schedule, clear gradients; returns the pre-clip gradient norm."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if max_grad_norm > 0:
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm).item()
+    else:
+        grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])).item()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm

@@ -1,0 +1,96 @@
+"""The run folder (DESIGN.md §4): config, metrics, rollouts, checkpoints, plots, summary.
+
+Everything a later reader needs to trust a number is written here: the resolved config, the
+seed, library versions and the git commit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from grpokit.config import Config, save_config
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN; None says "not a number" honestly
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.rollouts_path = self.path / "rollouts.jsonl"
+
+    def start(self, config: Config) -> None:
+        """Write the resolved config and environment; start fresh metrics and rollouts files."""
+        save_config(config, self.path / "config.yaml")
+        self.write_json("environment.json", environment(config.train.seed))
+        for p in (self.metrics_path, self.rollouts_path):
+            p.write_text("", encoding="utf-8")
+
+    def append(self, path: Path, rows: list[dict]) -> None:
+        with path.open("a", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(_jsonable(row)) + "\n")
+
+    def log_metrics(self, row: dict) -> None:
+        self.append(self.metrics_path, [row])
+
+    def log_rollouts(self, rows: list[dict]) -> None:
+        self.append(self.rollouts_path, rows)
+
+    def write_json(self, name: str, data: dict) -> Path:
+        path = self.path / name
+        path.write_text(json.dumps(_jsonable(data), indent=2) + "\n", encoding="utf-8")
+        return path
+
+
+def read_jsonl_rows(path: str | Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def peak_memory_mb(device: torch.device | None = None) -> float:
+    """Peak accelerator memory if on CUDA, else the process's peak resident set size."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    # ru_maxrss is KiB on Linux, bytes on macOS.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def environment(seed: int) -> dict:
+    import transformers
+
+    return {
+        "seed": seed,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "git_commit": _git_commit(),
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None

@@ -1,0 +1,138 @@
+"""Sampling G completions per prompt with Hugging Face `generate` (KV cache on).
+
+Returns everything the update needs: token ids, the completion mask (EOS included, so the
+model learns to stop), whether each completion was truncated, and the per-token log-probs of
+the distribution the tokens were actually drawn from (after temperature).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+from grpokit.batching import TokenBatch, encode_prompts
+
+
+@dataclass
+class Rollout:
+    """A batch of sampled completions. B = number of prompts x group size, rows grouped by prompt
+    (rows g*G .. g*G+G-1 share prompt g). Completion mask: 1 up to and including the first EOS."""
+
+    tokens: TokenBatch  # [left-padded prompt | completion, pad after EOS]
+    sampling_logprobs_BC: torch.Tensor  # log-prob of each sampled token (0 where masked)
+    truncated_B: torch.Tensor  # True where no EOS came within max_new_tokens
+    completions: list[str]  # decoded completion text (special tokens dropped)
+    group_size: int
+
+    @property
+    def completion_lengths_B(self) -> torch.Tensor:
+        return self.tokens.completion_mask_BC.sum(-1)
+
+
+class _LogprobRecorder(LogitsProcessor):
+    """Records log p(sampled token) step by step, keeping one (B, V) tensor alive at a time.
+
+    `generate` runs custom processors before its sampling warpers, so the recorder applies the
+    temperature itself; grpokit samples with temperature only (top-k and top-p are switched off),
+    so softmax(scores / T) is exactly the distribution tokens are drawn from. The token drawn
+    at step t shows up as the last input id at step t + 1; `finish` handles the last step.
+    """
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature
+        self.previous_logprobs_BV: torch.Tensor | None = None
+        self.picked: list[torch.Tensor] = []
+
+    def _collect(self, tokens_B: torch.Tensor) -> None:
+        if self.previous_logprobs_BV is not None:
+            self.picked.append(self.previous_logprobs_BV.gather(-1, tokens_B[:, None]).squeeze(-1))
+
+    def __call__(self, input_ids, scores):
+        if self.previous_logprobs_BV is not None:
+            self._collect(input_ids[:, -1])
+        self.previous_logprobs_BV = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def finish(self, last_tokens_B: torch.Tensor) -> torch.Tensor:
+        self._collect(last_tokens_B)
+        return torch.stack(self.picked, dim=1)
+
+
+def stop_token_ids(tokenizer, model=None) -> list[int]:
+    """EOS of the tokenizer, plus the model's generation EOS ids (e.g. a chat end-of-turn)."""
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif gen_eos:
+        ids.update(gen_eos)
+    return sorted(ids)
+
+
+def completion_mask(completion_ids_BC: torch.Tensor, stop_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask up to and including the first stop token; (mask_BC, truncated_B).
+
+    Decided by position, never by comparing with the pad id: models whose pad equals EOS must
+    still train on their EOS.
+    """
+    is_stop_BC = torch.isin(completion_ids_BC, torch.tensor(stop_ids, device=completion_ids_BC.device))
+    # Number of stop tokens strictly before each position; 0 means "still inside the completion".
+    stops_before_BC = is_stop_BC.long().cumsum(-1) - is_stop_BC.long()
+    mask_BC = (stops_before_BC == 0).long()
+    truncated_B = ~is_stop_BC.any(-1)
+    return mask_BC, truncated_B
+
+
+@torch.no_grad()  # not inference_mode: the returned tensors feed autograd later
+def sample(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    group_size: int,
+    max_new_tokens: int,
+    temperature: float,
+) -> Rollout:
+    """Draw `group_size` completions for each prompt. temperature 0 means greedy decoding."""
+    device = next(model.parameters()).device
+    prompt_ids_BP, prompt_mask_BP = encode_prompts(tokenizer, prompts)
+    prompt_ids_BP = prompt_ids_BP.repeat_interleave(group_size, dim=0).to(device)
+    prompt_mask_BP = prompt_mask_BP.repeat_interleave(group_size, dim=0).to(device)
+    stop_ids = stop_token_ids(tokenizer, model)
+    greedy = temperature == 0
+    config = GenerationConfig(
+        do_sample=not greedy,
+        temperature=None if greedy else temperature,
+        top_k=None if greedy else 0,
+        top_p=None if greedy else 1.0,
+        repetition_penalty=1.0,  # explicit, so a model's own generation_config cannot add one
+        max_new_tokens=max_new_tokens,
+        eos_token_id=stop_ids,
+        pad_token_id=prompt_ids_BP[0, 0].item() if tokenizer.pad_token_id is None else tokenizer.pad_token_id,
+        use_cache=True,
+    )
+    recorder = _LogprobRecorder(temperature=1.0 if greedy else temperature)
+    was_training = model.training
+    model.eval()
+    sequences = model.generate(
+        input_ids=prompt_ids_BP,
+        attention_mask=prompt_mask_BP,
+        generation_config=config,
+        logits_processor=LogitsProcessorList([recorder]),
+    )
+    model.train(was_training)
+    completion_ids_BC = sequences[:, prompt_ids_BP.shape[1]:]
+    logprobs_BC = recorder.finish(completion_ids_BC[:, -1])
+    mask_BC, truncated_B = completion_mask(completion_ids_BC, stop_ids)
+    texts = tokenizer.batch_decode(completion_ids_BC * mask_BC, skip_special_tokens=True)
+    return Rollout(
+        tokens=TokenBatch(prompt_ids_BP, prompt_mask_BP, completion_ids_BC, mask_BC),
+        sampling_logprobs_BC=logprobs_BC * mask_BC,
+        truncated_B=truncated_B,
+        completions=texts,
+        group_size=group_size,
+    )
