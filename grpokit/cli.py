@@ -1,0 +1,229 @@
+"""The `grpokit` command: thin wrappers over library functions users can also call from Python."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from grpokit.errors import GrpokitError
+
+DEMO_HOME = ".grpokit/tiny"
+
+
+def _quiet_libraries() -> None:
+    """Keep library progress bars and advisory warnings out of the user's terminal."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def cmd_train(args) -> int:
+    from grpokit.config import load_config
+    from grpokit.trainer import train
+
+    config = load_config(args.config, args.overrides)
+    summary = train(config, out_dir=args.out)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from grpokit.config import load_config
+    from grpokit.tiny import ensure_tiny, DEMO_CONFIG
+    from grpokit.trainer import train
+
+    paths = ensure_tiny(args.home)
+    overrides = [f"model.path={paths['model']}", f"data.train={paths['train']}", f"data.eval={paths['eval']}",
+                 *args.overrides]
+    config = load_config(DEMO_CONFIG, overrides)
+    summary = train(config, out_dir=args.out)
+    print(_demo_table(summary))
+    print(f"\nrun folder: {summary['run_dir']}\nplot: {summary['plot']}\nsummary: {summary['run_dir']}/summary.json")
+    return 0
+
+
+def _demo_table(summary: dict) -> str:
+    rows = [("initial model", summary.get("eval_initial"), None),
+            ("after SFT warm-up", summary.get("eval_before"), summary.get("warmup_seconds")),
+            (f"after GRPO ({summary['steps']} steps)", summary.get("eval_after"), summary.get("train_seconds"))]
+    lines = [f"{'held-out (' + str(summary['eval_after']['n']) + ' prompts)':<28}{'accuracy':>10}{'format':>10}"
+             f"{'mean len':>10}{'wall time':>11}"]
+    for label, ev, seconds in rows:
+        if ev is None:
+            continue
+        wall = f"{seconds:.1f} s" if seconds is not None else "-"
+        lines.append(f"{label:<28}{ev['accuracy']:>10.1%}{ev['format_rate']:>10.1%}{ev['mean_length']:>10.1f}"
+                     f"{wall:>11}")
+    lines.append(f"total wall time {summary['wall_seconds']:.1f} s")
+    return "\n".join(lines)
+
+
+def cmd_eval(args) -> int:
+    from grpokit.config import load_config
+    from grpokit.data import load_examples, render_prompt
+    from grpokit.evaluation import evaluate
+    from grpokit.modeling import load_model, load_tokenizer
+    from grpokit.rewards import build_reward_components
+
+    config = load_config(args.config, [f"model.path={args.model}", *args.overrides])
+    if args.extract:
+        config.rewards = [_with_extract(spec, args.extract) for spec in config.rewards]
+    components = build_reward_components(config.rewards)
+    d = config.data
+    examples = load_examples(args.data, split=d.eval_split, prompt_field=d.prompt_field,
+                             answer_field=d.answer_field, dataset_format=d.dataset_format,
+                             max_examples=args.max_examples or d.max_eval_examples)
+    tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
+    model = load_model(config.model)
+    prompts = [render_prompt(ex.prompt, tokenizer, system_prompt=d.system_prompt,
+                             prompt_template=d.prompt_template) for ex in examples]
+    result = evaluate(model, tokenizer, prompts, [ex.answer for ex in examples], components,
+                      max_new_tokens=args.max_new_tokens or config.eval.max_new_tokens
+                      or config.sampling.max_new_tokens,
+                      batch_size=config.eval.batch_size, k=args.k, temperature=config.sampling.temperature)
+    samples = result.pop("samples")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>16}: {value:.4f}" if isinstance(value, float) else f"{key:>16}: {value}")
+        print("\nfirst completions:")
+        for s in samples[:3]:
+            print(f"  [{'correct' if s['correct'] else 'wrong'}] {s['completion']!r}")
+    return 0
+
+
+def _with_extract(spec, mode: str):
+    """Apply --extract to the accuracy component of a reward spec list."""
+    if spec == "accuracy":
+        return {"name": "accuracy", "extract": mode}
+    if isinstance(spec, dict) and spec.get("name") == "accuracy":
+        return {**spec, "extract": mode}
+    return spec
+
+
+def cmd_score(args) -> int:
+    from grpokit.config import load_config
+    from grpokit.rewards import build_reward_components
+    from grpokit.run_dir import _jsonable
+    from grpokit.scoring_file import score_file
+
+    config = load_config(args.config, args.overrides)
+    specs = config.rewards if not args.extract else [_with_extract(s, args.extract) for s in config.rewards]
+    components = build_reward_components(specs)
+    rows, summary = score_file(args.input, components, completion_field=args.completion_field,
+                               answer_field=args.answer_field, prompt_field=args.prompt_field)
+    out = Path(args.out) if args.out else Path(args.input).with_suffix(".scored.jsonl")
+    out.write_text("".join(json.dumps(_jsonable(r)) + "\n" for r in rows), encoding="utf-8")
+    summary["out"] = str(out)
+    if args.json:
+        print(json.dumps(_jsonable(summary)))
+    else:
+        print(f"scored {summary['n']} rows -> {out}")
+        for name, s in summary["components"].items():
+            mean = "n/a" if s["mean"] is None else f"{s['mean']:.4f}"
+            print(f"  {name:>12}: mean {mean}   unscored {s['n_none']}")
+    return 0
+
+
+def cmd_build_tiny(args) -> int:
+    from grpokit.tiny import ensure_tiny
+
+    paths = ensure_tiny(args.out, size=args.size, force=True)
+    print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
+    return 0
+
+
+def cmd_config(args) -> int:
+    from grpokit.config import describe
+
+    print(describe())
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from grpokit.plots import plot_training
+
+    run = Path(args.run_dir)
+    if not (run / "metrics.jsonl").is_file():
+        raise GrpokitError(f"'{run}' is not a run folder: it has no metrics.jsonl.")
+    print(plot_training(run))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="grpokit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    overrides_help = "config overrides, e.g. grpo.beta=0.04 sampling.group_size=4"
+
+    p = sub.add_parser("train", help="train a model with the method in a YAML config")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.add_argument("--out", help="run folder (default: train.out_dir)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="build the tiny model and task if needed, SFT warm-up, GRPO, before/after table")
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    p.add_argument("--home", default=DEMO_HOME, help=f"where the tiny model and data live (default {DEMO_HOME})")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("eval", help="held-out accuracy, format rate, pass@k and maj@k of a model")
+    p.add_argument("model", help="model folder (or hub name)")
+    p.add_argument("data", help="dataset with prompts and answers")
+    p.add_argument("overrides", nargs="*", help=overrides_help + " (e.g. data.dataset_format=gsm8k)")
+    p.add_argument("--config", help="YAML config for data, reward and sampling options")
+    p.add_argument("--k", type=int, default=0, help="also sample k completions per prompt for pass@k / maj@k")
+    p.add_argument("--max-examples", type=int, help="evaluate only the first N rows")
+    p.add_argument("--max-new-tokens", type=int, help="longest completion")
+    p.add_argument("--extract", help="answer extraction: answer_tag, boxed, gsm8k, last_number, auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("score", help="apply reward functions to a JSONL file of completions")
+    p.add_argument("input", help="JSONL file, one completion per row")
+    p.add_argument("overrides", nargs="*", help=overrides_help + " (e.g. rewards='[accuracy]')")
+    p.add_argument("--config", help="YAML config whose rewards are applied (default: accuracy + format)")
+    p.add_argument("--completion-field", default="completion")
+    p.add_argument("--answer-field", default="answer")
+    p.add_argument("--prompt-field", default="prompt")
+    p.add_argument("--extract", help="answer extraction mode for the accuracy reward")
+    p.add_argument("--out", help="output JSONL (default INPUT.scored.jsonl)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("build-tiny", help="build the tiny model and arithmetic task")
+    p.add_argument("--out", default=DEMO_HOME)
+    p.add_argument("--size", default="demo", choices=("demo", "test"))
+    p.set_defaults(func=cmd_build_tiny)
+
+    p = sub.add_parser("config", help="list every config key with its default and meaning")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("plot", help="draw training.png of a run folder")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_plot)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command not in ("config",):
+            _quiet_libraries()
+        return args.func(args)
+    except GrpokitError as e:
+        print(f"grpokit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""`grpokit score`: apply reward functions to a JSONL file of existing completions.
+
+The way to check a verifier on real model outputs before spending compute on training:
+each output row is the input row plus every reward component and the weighted total.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from grpokit.data import read_jsonl
+from grpokit.errors import GrpokitError
+from grpokit.rewards import RewardComponent, score_completions
+
+
+def _as_text(value, where: str, field: str, problems: list[str], required: bool) -> str | None:
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        problems.append(f"{where}: field '{field}' should be a string, found {type(value).__name__} {value!r:.40}")
+        return None
+    return value if isinstance(value, str) else (str(int(value)) if float(value).is_integer() else str(value))
+
+
+def score_file(path: str | Path, components: list[RewardComponent], *, completion_field: str,
+               answer_field: str, prompt_field: str = "prompt") -> tuple[list[dict], dict]:
+    """Score every row; returns (output rows, summary). Bad rows are all reported at once."""
+    rows = read_jsonl(path)
+    if not rows:
+        raise GrpokitError(f"{path}: no rows to score (the file is empty).")
+    problems: list[str] = []
+    completions, answers, prompts, fields = [], [], [], []
+    for line, row in rows:
+        where = f"{path}:{line}"
+        if completion_field not in row:
+            problems.append(f"{where}: missing field '{completion_field}' (the completion); "
+                            f"row has {', '.join(sorted(row)) or 'no fields'}")
+            continue
+        completions.append(_as_text(row[completion_field], where, completion_field, problems, True))
+        answers.append(_as_text(row.get(answer_field), where, answer_field, problems, False))
+        prompt = row.get(prompt_field)
+        prompts.append(prompt if isinstance(prompt, str) else "")
+        fields.append({k: v for k, v in row.items() if k not in (completion_field, answer_field)})
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise GrpokitError(f"{path}: {len(problems)} rows cannot be scored:\n  {shown}{more}")
+    examples = [{**f, "answer": a} for f, a in zip(fields, answers)]
+    scores = score_completions(components, prompts, completions, examples)
+    out_rows = []
+    for i, (_, row) in enumerate(rows):
+        out_rows.append({**row, "rewards": {name: values[i] for name, values in scores.components.items()},
+                         "reward": scores.total[i]})
+    summary = {"n": len(rows), "components": scores.summary(),
+               "reward_mean": sum(scores.total) / len(rows),
+               "unscored_rows": sum(any(v[i] is None for v in scores.components.values()) for i in range(len(rows)))}
+    return out_rows, summary
