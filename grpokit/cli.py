@@ -34,7 +34,7 @@ def cmd_train(args) -> int:
 
 def cmd_demo(args) -> int:
     from grpokit.config import load_config
-    from grpokit.tiny import ensure_tiny, DEMO_CONFIG
+    from grpokit.tiny import DEMO_CONFIG, ensure_tiny
     from grpokit.trainer import train
 
     paths = ensure_tiny(args.home)
