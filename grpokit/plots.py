@@ -17,7 +17,7 @@ def plot_training(run_dir: str | Path, out_name: str = "training.png") -> Path:
     run_dir = Path(run_dir)
     rows = read_jsonl_rows(run_dir / "metrics.jsonl")
     steps = [r for r in rows if "reward" in r]
-    evals = [r for r in rows if "eval_accuracy" in r]
+    evals = [r for r in rows if "eval_accuracy" in r and r.get("phase") != "initial"]  # after any warm-up
     fig, (ax_reward, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     ax_reward.plot([r["step"] for r in steps], [r["reward"] for r in steps], label="mean reward (total)")
     for key in sorted({k for r in steps for k in r if k.startswith("reward/")}):

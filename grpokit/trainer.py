@@ -24,7 +24,7 @@ from grpokit.methods.sft import batch_indices, sft_step
 from grpokit.modeling import load_model, load_tokenizer
 from grpokit.optim import build_optimizer, build_scheduler
 from grpokit.plots import plot_training
-from grpokit.rewards import RewardComponent, build_reward_components, score_completions
+from grpokit.rewards import BUILTIN_REWARDS, RewardComponent, build_reward_components, score_completions
 from grpokit.run_dir import RunDir, peak_memory_mb
 from grpokit.sampler import sample
 
@@ -148,10 +148,10 @@ class Trainer:
         for name, values in scores.components.items():
             present = [v for v in values if v is not None]
             row[f"reward/{name}"] = sum(present) / len(present) if present else None
-        for metric in ("accuracy", "format"):
-            component = next((x for x in self.inputs.components if x.name == metric), None)
-            if component is not None:
-                row["accuracy" if metric == "accuracy" else "format_rate"] = row[f"reward/{component.name}"]
+        for builtin, key in (("accuracy", "accuracy"), ("format", "format_rate")):
+            component = next((x for x in self.inputs.components if x.fn is BUILTIN_REWARDS[builtin]), None)
+            if component is not None:  # found by function, so an alias does not hide it
+                row[key] = row[f"reward/{component.name}"]
         row.update({
             "reward_std": rewards_B.std().item(),
             "zero_variance_fraction": zero_variance,
