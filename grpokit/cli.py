@@ -26,7 +26,7 @@ def cmd_train(args) -> int:
     from grpokit.config import load_config
     from grpokit.trainer import train
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config, [*args.overrides, *(["train.resume=true"] if args.resume else [])])
     summary = train(config, out_dir=args.out)
     print(json.dumps(summary, indent=2))
     return 0
@@ -165,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help=overrides_help)
     p.add_argument("--out", help="run folder (default: train.out_dir)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint (= train.resume=true)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("demo", help="build the tiny model and task if needed, SFT warm-up, GRPO, before/after table")

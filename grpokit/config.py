@@ -98,12 +98,24 @@ class EvalConfig:
 
 
 @dataclass
+class VerifyConfig:
+    timeout: float = option(5.0, "Wall-clock limit in seconds for one reward call; a slower call scores None.")
+    isolate: bool = option(True, "Run reward functions in a worker process that is killed on timeout or crash.")
+    max_error_rate: float = option(0.5, "Stop the run when a reward component fails (error, timeout, NaN) on more "
+                                        "than this fraction of a step's samples.")
+
+
+@dataclass
 class TrainConfig:
     method: str = option("grpo", "Update rule. Available: grpo.")
     steps: int = option(100, "Optimisation steps of the method.")
     seed: int = option(0, "Seed for python, numpy and torch.")
     out_dir: str = option("runs/latest", "Run folder: config, metrics, rollouts, checkpoints, plots, summary.")
-    save_every: int = option(0, "Save a checkpoint every N steps (0: only the final model).")
+    save_every: int = option(0, "Save a resumable checkpoint every N steps (0: only the final model).")
+    keep_checkpoints: int = option(3, "Keep the newest N checkpoints; older ones are deleted (0 keeps all).")
+    resume: bool = option(False, "Continue from the newest complete checkpoint in out_dir (same config).")
+    max_consecutive_skips: int = option(3, "Stop after this many optimiser steps in a row skipped for a "
+                                           "non-finite loss or gradient norm.")
     log_rollouts: bool = option(True, "Write every sampled completion with its rewards to rollouts.jsonl.")
     progress: bool = option(True, "Show a progress bar.")
     threads: int | None = option(None, "torch CPU threads (default: torch's choice).")
@@ -122,6 +134,7 @@ class Config:
     grpo: GRPOConfig = field(default_factory=GRPOConfig, metadata={"help": "GRPO update rule."})
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "Optimiser."})
     warmup: WarmupConfig = field(default_factory=WarmupConfig, metadata={"help": "SFT warm-up."})
+    verify: VerifyConfig = field(default_factory=VerifyConfig, metadata={"help": "How rewards are run."})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Held-out evaluation."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Training loop."})
 
@@ -134,7 +147,8 @@ CHOICES = {
     "optim.schedule": ("constant", "linear", "cosine"),
     "train.method": ("grpo",),
 }
-POSITIVE = ("sampling.group_size", "sampling.max_new_tokens", "grpo.prompts_per_step", "grpo.num_iterations",
+POSITIVE = ("train.max_consecutive_skips",
+            "sampling.group_size", "sampling.max_new_tokens", "grpo.prompts_per_step", "grpo.num_iterations",
             "optim.micro_batch_size", "warmup.batch_size", "eval.batch_size")
 
 

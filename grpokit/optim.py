@@ -35,15 +35,22 @@ def build_scheduler(optimizer, cfg: OptimConfig, total_steps: int) -> torch.opti
     )
 
 
-def optimizer_step(model, optimizer, scheduler, max_grad_norm: float) -> float:
-    """Clip, step, advance the schedule, clear gradients; returns the pre-clip gradient norm."""
+def optimizer_step(model, optimizer, scheduler, max_grad_norm: float, loss_is_finite: bool = True
+                   ) -> tuple[float, bool]:
+    """Clip, step, advance the schedule, clear gradients; returns (pre-clip gradient norm, stepped).
+
+    A non-finite loss or gradient norm skips the step entirely: parameters, optimizer state and
+    schedule stay exactly as they were (a NaN must never reach Adam's moment estimates).
+    """
     params = [p for p in model.parameters() if p.grad is not None]
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.tensor(0.0)
+    if not (loss_is_finite and torch.isfinite(grad_norm)):
+        optimizer.zero_grad(set_to_none=True)
+        return grad_norm.item(), False
     if max_grad_norm > 0:
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm).item()
-    else:
-        grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])).item()
+        torch.nn.utils.clip_grads_with_norm_(params, max_grad_norm, grad_norm)
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return grad_norm
+    return grad_norm.item(), True

@@ -43,6 +43,17 @@ class RunDir:
         for p in (self.metrics_path, self.rollouts_path):
             p.write_text("", encoding="utf-8")
 
+    def offsets(self) -> dict[str, int]:
+        """Sizes of the append-only logs, saved in a checkpoint so a resume can cut them back."""
+        return {p.name: p.stat().st_size if p.exists() else 0 for p in (self.metrics_path, self.rollouts_path)}
+
+    def resume(self, config: Config, offsets: dict[str, int]) -> None:
+        """Cut the logs back to where the checkpoint was taken: rows of lost steps are not kept twice."""
+        save_config(config, self.path / "config.yaml")
+        for p in (self.metrics_path, self.rollouts_path):
+            with p.open("ab") as f:
+                f.truncate(offsets.get(p.name, 0))
+
     def append(self, path: Path, rows: list[dict]) -> None:
         with path.open("a", encoding="utf-8") as f:
             for row in rows:

@@ -6,8 +6,9 @@ is loaded. The loop itself stays short: the maths is in `methods/`, `losses`, `a
 
 from __future__ import annotations
 
-import copy
+import json
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from grpokit.checkpoint import find_resumable, load_checkpoint, save_checkpoint
 from grpokit.config import Config
 from grpokit.data import Example, load_examples, render_prompt
 from grpokit.errors import GrpokitError
@@ -69,17 +71,30 @@ def prepare_inputs(config: Config) -> Inputs:
 
 
 class Trainer:
-    def __init__(self, config: Config, inputs: Inputs, run: RunDir):
-        self.config, self.inputs, self.run = config, inputs, run
+    """Holds the model, optimiser and run folder of one job; `run()` does the whole job.
+
+    Resume: the state that is not in the model (optimizer, schedule, RNGs, step, positions in the
+    log files, the summary so far) lives in the checkpoint. The order of training prompts is a
+    pure function of the seed, so the step number alone says where in the data the run was.
+    """
+
+    def __init__(self, config: Config, inputs: Inputs, run: RunDir, resume_from: Path | None = None):
+        self.config, self.inputs, self.run, self.resume_from = config, inputs, run, resume_from
         self.tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
-        self.model = load_model(config.model)
+        self.model = load_model(config.model, path=str(resume_from) if resume_from else None)
         self.device = next(self.model.parameters()).device
         d = config.data
         render = lambda ex: render_prompt(ex.prompt, self.tokenizer, system_prompt=d.system_prompt,  # noqa: E731
                                           prompt_template=d.prompt_template)
         self.train_prompts = [render(ex) for ex in inputs.train]
         self.eval_prompts = [render(ex) for ex in inputs.eval]
-        self.rng = random.Random(config.train.seed)
+        self.summary: dict = {"run_dir": str(run.path), "method": config.train.method, "steps": config.train.steps}
+        self.consecutive_skips = 0
+        self.started = time.perf_counter()  # wall time counts from here, plus time before any resume
+        self.wall_before = 0.0
+
+    def wall_seconds(self) -> float:
+        return self.wall_before + time.perf_counter() - self.started
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, step: int, label: str) -> dict | None:
@@ -92,39 +107,55 @@ class Trainer:
         self.run.log_metrics({"step": step, "phase": label, "eval_accuracy": result["accuracy"],
                               "eval_format_rate": result["format_rate"], "eval_mean_length": result["mean_length"],
                               "eval_seconds": result["seconds"]})
-        return result
+        return {k: v for k, v in result.items() if k != "samples"}
 
     # ------------------------------------------------------------------ SFT warm-up
     def warmup(self) -> None:
+        """Short SFT on the rows' reference completions (not checkpointed: a kill here redoes it)."""
         w, c = self.config.warmup, self.config
         optimizer = build_optimizer(self.model, c.optim, lr=w.lr)
         completions = [ex.fields[w.completion_field] for ex in self.inputs.train]
         self.model.train()
-        for i, rows in enumerate(batch_indices(len(self.train_prompts), w.batch_size, w.steps, self.rng)):
+        rng = random.Random(c.train.seed)
+        for i, rows in enumerate(batch_indices(len(self.train_prompts), w.batch_size, w.steps, rng)):
             metrics = sft_step(self.model, self.tokenizer, optimizer, [self.train_prompts[r] for r in rows],
                                [completions[r] for r in rows], micro_batch_size=c.optim.micro_batch_size,
                                max_grad_norm=c.optim.max_grad_norm)
             self.run.log_metrics({"step": i + 1, "phase": "warmup", **metrics})
 
-    # ------------------------------------------------------------------ GRPO
-    def train_grpo(self, progress: bool) -> None:
+    # ------------------------------------------------------------------ the method
+    def train_grpo(self) -> None:
         c = self.config
+        reference_dir = self.run.path / "reference"
         ref_model = None
         if c.grpo.beta != 0.0:  # the reference is the policy as GRPO starts (after any warm-up)
-            ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+            if self.resume_from is None:
+                self.model.save_pretrained(reference_dir)
+            ref_model = load_model(c.model, path=str(reference_dir)).eval().requires_grad_(False)
         optimizer = build_optimizer(self.model, c.optim)
         scheduler = build_scheduler(optimizer, c.optim, total_steps=c.train.steps * c.grpo.num_iterations)
-        batches = batch_indices(len(self.train_prompts), c.grpo.prompts_per_step, c.train.steps, self.rng)
-        bar = _progress(c.train.steps, progress)
-        for step, rows in enumerate(batches, start=1):
-            row = self.grpo_step(step, rows, optimizer, scheduler, ref_model)
+        # Data order depends only on the seed (its own generator), so a resumed run sees the same prompts.
+        batches = batch_indices(len(self.train_prompts), c.grpo.prompts_per_step, c.train.steps,
+                                random.Random(c.train.seed + 1))
+        first_step, elapsed = 1, 0.0
+        if self.resume_from is not None:
+            state = load_checkpoint(self.resume_from, optimizer)  # restores RNGs last, after model loading
+            scheduler.load_state_dict(state["scheduler"])
+            first_step, elapsed = state["step"] + 1, state["train_seconds"]
+            self.consecutive_skips = state["consecutive_skips"]
+        start = time.perf_counter() - elapsed
+        bar = _progress(c.train.steps, c.train.progress, initial=first_step - 1)
+        for step in range(first_step, c.train.steps + 1):
+            row = self.grpo_step(step, batches[step - 1], optimizer, scheduler, ref_model)
             bar.update(1)
-            bar.set_postfix(reward=f"{row['reward']:.2f}", acc=f"{row.get('accuracy', float('nan')):.2f}")
+            bar.set_postfix(reward=f"{row['reward']:.2f}", acc=f"{row.get('accuracy') or 0:.2f}")
             if c.eval.every and step % c.eval.every == 0 and step != c.train.steps:
                 self.evaluate(step, "eval")
             if c.train.save_every and step % c.train.save_every == 0:
-                self.save(self.run.path / "checkpoints" / f"step_{step}")
+                self.summary["train_seconds"] = time.perf_counter() - start
+                self.checkpoint(step, optimizer, scheduler)
         bar.close()
+        self.summary["train_seconds"] = time.perf_counter() - start
 
     def grpo_step(self, step: int, rows: list[int], optimizer, scheduler, ref_model) -> dict:
         c, G = self.config, self.config.sampling.group_size
@@ -142,6 +173,7 @@ class Trainer:
         self.model.train()
         update = grpo_update(self.model, optimizer, scheduler, rollout, advantages_B, c, ref_model)
         t3 = time.perf_counter()
+        self._guard(step, update["skipped_updates"], c.grpo.num_iterations, update)
 
         lengths = rollout.completion_lengths_B.float()
         row = {"step": step, "phase": "train", "reward": rewards_B.mean().item()}
@@ -174,50 +206,91 @@ class Trainer:
             ])
         return row
 
+    def _guard(self, step: int, skipped: int, attempted: int, update: dict) -> None:
+        """Count optimiser steps skipped for non-finite values; stop after too many in a row."""
+        if skipped == 0:
+            self.consecutive_skips = 0
+            return
+        self.consecutive_skips = self.consecutive_skips + skipped if skipped == attempted else skipped
+        print(f"grpokit: step {step}: skipped {skipped} optimiser step(s): loss {update['loss']}, "
+              f"gradient norm {update['grad_norm']} (not finite); parameters left unchanged.", file=sys.stderr)
+        limit = self.config.train.max_consecutive_skips
+        if self.consecutive_skips >= limit:
+            raise GrpokitError(
+                f"stopping at step {step}: {self.consecutive_skips} optimiser steps in a row had a non-finite loss "
+                f"or gradient norm (limit train.max_consecutive_skips={limit}). The model is diverging or a reward "
+                "produces extreme values: lower optim.lr, check the rewards, or inspect rollouts.jsonl for this step.")
+
+    # ------------------------------------------------------------------ saving
+    def checkpoint(self, step: int, optimizer, scheduler) -> Path:
+        state = {
+            "scheduler": scheduler.state_dict(),
+            "train_seconds": self.summary["train_seconds"],
+            "consecutive_skips": self.consecutive_skips,
+            "log_offsets": self.run.offsets(),
+            "summary": self.summary,
+            "wall_seconds": self.wall_seconds(),
+        }
+        return save_checkpoint(self.run.path / "checkpoints", step, model=self.model, tokenizer=self.tokenizer,
+                               optimizer=optimizer, state=state, keep=self.config.train.keep_checkpoints)
+
     def save(self, path: Path) -> Path:
         """A Hugging Face model folder (safetensors) that `from_pretrained` loads directly."""
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         return path
 
+    # ------------------------------------------------------------------ the whole job
+    def run_job(self) -> dict:
+        c = self.config
+        if self.resume_from is None:
+            if c.warmup.steps > 0:
+                self.summary["eval_initial"] = self.evaluate(0, "initial")
+                t = time.perf_counter()
+                self.warmup()
+                self.summary["warmup_seconds"] = time.perf_counter() - t
+            self.summary["eval_before"] = self.evaluate(0, "before")
+        self.train_grpo()
+        self.summary["eval_after"] = self.evaluate(c.train.steps, "after")
+        self.summary["model_dir"] = str(self.save(self.run.path / "final"))
+        self.summary["plot"] = str(plot_training(self.run.path))
+        self.summary["peak_memory_mb"] = peak_memory_mb(self.device)
+        return self.summary
 
-def _progress(total: int, enabled: bool):
+
+def _progress(total: int, enabled: bool, initial: int = 0):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="grpo", disable=not enabled, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc="grpo", disable=not enabled, dynamic_ncols=True)
 
 
 def train(config: Config, out_dir: str | None = None) -> dict:
-    """Run a whole training job; returns (and writes) summary.json."""
+    """Run (or, with train.resume, continue) a whole training job; returns and writes summary.json."""
     if out_dir:
         config.train.out_dir = out_dir
     inputs = prepare_inputs(config)  # before the model: bad input fails fast
-    start = time.perf_counter()
+    started = time.perf_counter()
     set_seed(config.train.seed)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     run = RunDir(config.train.out_dir)
-    run.start(config)
-    trainer = Trainer(config, inputs, run)
-    summary: dict = {"run_dir": str(run.path), "method": config.train.method, "steps": config.train.steps}
-    if config.warmup.steps > 0:
-        summary["eval_initial"] = _brief(trainer.evaluate(0, "initial"))
-        t = time.perf_counter()
-        trainer.warmup()
-        summary["warmup_seconds"] = time.perf_counter() - t
-    summary["eval_before"] = _brief(trainer.evaluate(0, "before"))
-    t = time.perf_counter()
-    trainer.train_grpo(config.train.progress)
-    summary["train_seconds"] = time.perf_counter() - t
-    summary["eval_after"] = _brief(trainer.evaluate(config.train.steps, "after"))
-    summary["model_dir"] = str(trainer.save(run.path / "final"))
-    summary["plot"] = str(plot_training(run.path))
-    summary["peak_memory_mb"] = peak_memory_mb(trainer.device)
-    summary["wall_seconds"] = time.perf_counter() - start
+    resume_from = find_resumable(run.path / "checkpoints") if config.train.resume else None
+    if resume_from is None:
+        if config.train.resume:
+            print(f"grpokit: no checkpoint in {run.path / 'checkpoints'}; starting from the beginning.",
+                  file=sys.stderr)
+        run.start(config)
+        trainer = Trainer(config, inputs, run)
+    else:
+        state = json.loads((resume_from / "state.json").read_text(encoding="utf-8"))
+        run.resume(config, state["log_offsets"])
+        print(f"grpokit: resuming from {resume_from} (step {state['step']}).", file=sys.stderr)
+        trainer = Trainer(config, inputs, run, resume_from=resume_from)
+        trainer.summary = {**state["summary"], "resumed_at_steps": [*state["summary"].get("resumed_at_steps", []),
+                                                                     state["step"]]}
+        trainer.wall_before = state["wall_seconds"]
+    trainer.started = started
+    summary = trainer.run_job()
+    summary["wall_seconds"] = trainer.wall_seconds()
     run.write_json("summary.json", summary)
     return summary
-
-
-def _brief(result: dict | None) -> dict | None:
-    """The eval numbers that go in summary.json (without the sample completions)."""
-    return None if result is None else {k: v for k, v in result.items() if k != "samples"}

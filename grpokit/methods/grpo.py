@@ -7,6 +7,8 @@ ALGORITHMS.md; the tensor maths lives in `grpokit.losses` and `grpokit.advantage
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from grpokit.advantages import group_advantages, zero_variance_groups
@@ -50,7 +52,9 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
 
     old_logps: list[torch.Tensor | None] = [None] * len(chunks)
     totals = {"loss": 0.0, "clipped_tokens": 0.0, "kl_sum": 0.0, "tokens": 0.0, "grad_norm": 0.0}
+    skipped = 0
     for iteration in range(cfg.num_iterations):
+        iteration_loss = 0.0
         for i, rows in enumerate(chunks):
             batch = tokens.select(rows)
             logp_BT = _logprobs(model, batch, temperature)
@@ -63,14 +67,19 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
                 aggregation=cfg.aggregation,
             )
             loss.backward()  # the loss is already normalised by the whole batch: no accumulation scaling
-            totals["loss"] += loss.item()
+            iteration_loss += loss.item()
             for key in ("clipped_tokens", "kl_sum", "tokens"):
                 totals[key] += metrics[key]
-        totals["grad_norm"] += optimizer_step(model, optimizer, scheduler, config.optim.max_grad_norm)
+        grad_norm, stepped = optimizer_step(model, optimizer, scheduler, config.optim.max_grad_norm,
+                                            loss_is_finite=math.isfinite(iteration_loss))
+        skipped += not stepped
+        totals["loss"] += iteration_loss
+        totals["grad_norm"] += grad_norm
     iterations = cfg.num_iterations
     return {
         "loss": totals["loss"] / iterations,
         "grad_norm": totals["grad_norm"] / iterations,
+        "skipped_updates": skipped,
         "kl": totals["kl_sum"] / max(totals["tokens"], 1),
         "clip_fraction": totals["clipped_tokens"] / max(totals["tokens"], 1),
         "tokens_backpropagated": int(totals["tokens"]),

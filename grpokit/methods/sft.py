@@ -5,6 +5,7 @@ Loss on completion tokens only, EOS included, so the model learns where to stop.
 
 from __future__ import annotations
 
+import math
 import random
 
 from grpokit.batching import encode_pairs, micro_batches
@@ -27,8 +28,8 @@ def sft_step(model, tokenizer, optimizer, prompts: list[str], completions: list[
         loss, _ = sft_loss(logp_BT, batch.completion_mask_BC, norm)
         loss.backward()
         total += loss.item()
-    grad_norm = optimizer_step(model, optimizer, scheduler, max_grad_norm)
-    return {"loss": total, "grad_norm": grad_norm, "tokens_backpropagated": norm.num_tokens}
+    grad_norm, stepped = optimizer_step(model, optimizer, scheduler, max_grad_norm, math.isfinite(total))
+    return {"loss": total, "grad_norm": grad_norm, "tokens_backpropagated": norm.num_tokens, "skipped": not stepped}
 
 
 def batch_indices(num_rows: int, batch_size: int, steps: int, rng: random.Random) -> list[list[int]]:

@@ -1,0 +1,167 @@
+"""Crash-safe checkpoints: everything needed to continue a run as if it had never stopped.
+
+A checkpoint folder `checkpoints/step_N/` holds
+- the model (and tokenizer) as a Hugging Face folder, safetensors: `from_pretrained` loads it;
+- `optimizer.pt` (AdamW state, tensors only: read back with `weights_only=True`);
+- `rng.pt` (torch CPU/CUDA generator states) and `state.json` (step, scheduler, python/numpy RNG
+  states, positions in metrics.jsonl / rollouts.jsonl, the summary so far);
+- `manifest.json`: size and sha256 of every file, written last.
+It is written into a temporary folder, flushed, checksummed and renamed into place; the
+`checkpoints/latest` pointer is replaced last. A kill at any moment leaves either the old or the
+new checkpoint complete, never a half-written one that `latest` points to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from grpokit.errors import GrpokitError
+
+MANIFEST = "manifest.json"
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def rng_state() -> tuple[dict, dict]:
+    """(JSON-able python/numpy states, tensor states) of every RNG the run uses."""
+    np_state = np.random.get_state()
+    json_part = {
+        "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+    tensors = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"torch_cuda_{i}"] = s
+    return json_part, tensors
+
+
+def set_rng_state(json_part: dict, tensors: dict) -> None:
+    version, internal, gauss = json_part["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, *rest = json_part["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(tensors["torch_cpu"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("torch_cuda_"))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def save_checkpoint(root: Path, step: int, *, model, tokenizer, optimizer, state: dict, keep: int) -> Path:
+    """Atomically write checkpoints/step_{step} and point `latest` at it; keep the newest `keep`."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step}"
+    tmp = root / f".tmp_step_{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    rng_json, rng_tensors = rng_state()
+    torch.save(rng_tensors, tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps({**state, "step": step, "rng": rng_json}), encoding="utf-8")
+    manifest = {}
+    for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+        _fsync_file(path)
+        manifest[str(path.relative_to(tmp))] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    _fsync_file(tmp / MANIFEST)
+    _fsync_dir(tmp)
+    shutil.rmtree(final, ignore_errors=True)  # a stale folder of the same step from an earlier attempt
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    pointer = root / ".latest.tmp"
+    pointer.write_text(final.name, encoding="utf-8")
+    _fsync_file(pointer)
+    os.replace(pointer, root / "latest")
+    _fsync_dir(root)
+    for old in sorted(_complete_steps(root))[:-keep] if keep > 0 else []:
+        shutil.rmtree(root / f"step_{old}", ignore_errors=True)
+    return final
+
+
+def _complete_steps(root: Path) -> list[int]:
+    steps = []
+    for p in root.glob("step_*"):
+        suffix = p.name.removeprefix("step_")
+        if p.is_dir() and suffix.isdigit():
+            steps.append(int(suffix))
+    return steps
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """None if every file matches the manifest; otherwise what is wrong, in words."""
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        return f"{path} has no {MANIFEST} (the write did not finish)"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return f"{manifest_path} is unreadable ({e})"
+    for name, expected in manifest.items():
+        file = path / name
+        if not file.is_file():
+            return f"{file} is missing"
+        if file.stat().st_size != expected["bytes"]:
+            return f"{file} has {file.stat().st_size} bytes, the manifest says {expected['bytes']} (truncated?)"
+        if _sha256(file) != expected["sha256"]:
+            return f"{file} does not match its checksum (corrupted)"
+    return None
+
+
+def find_resumable(root: Path) -> Path | None:
+    """The newest checkpoint that verifies, starting from `latest`; bad ones are reported and skipped."""
+    if not root.is_dir():
+        return None
+    candidates = sorted(_complete_steps(root), reverse=True)
+    pointer = root / "latest"
+    if pointer.is_file():
+        named = pointer.read_text(encoding="utf-8").strip().removeprefix("step_")
+        if named.isdigit() and int(named) in candidates:  # latest first, then older ones
+            candidates.remove(int(named))
+            candidates.insert(0, int(named))
+    for step in candidates:
+        path = root / f"step_{step}"
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return path
+        print(f"grpokit: refusing checkpoint {path}: {problem}; trying an older one.", file=sys.stderr)
+    if candidates:
+        raise GrpokitError(f"no checkpoint in {root} passes verification (see the messages above); "
+                           "resume is impossible. Start again without resume, or restore a backup.")
+    return None
+
+
+def load_checkpoint(path: Path, optimizer) -> dict:
+    """Restore optimizer and RNG states from `path` and return state.json (the model is loaded by the caller)."""
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    set_rng_state(state["rng"], torch.load(path / "rng.pt", weights_only=True))
+    return state
