@@ -32,6 +32,21 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_validate(args) -> int:
+    from grpokit.config import load_config
+    from grpokit.trainer import prepare_inputs
+
+    config = load_config(args.config, args.overrides)
+    inputs = prepare_inputs(config)  # raises with every bad row listed; loads no model
+    print(f"config OK: method {config.train.method}, model {config.model.path!r} (not loaded)")
+    print(f"train data OK: {len(inputs.train)} rows from {config.data.train}")
+    if inputs.eval:
+        print(f"eval data OK: {len(inputs.eval)} rows from {config.data.eval}")
+    print("rewards OK: " + ", ".join(f"{c.name} (weight {c.weight:g}{', batched' if c.batched else ''})"
+                                     for c in inputs.components))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from grpokit.config import load_config
     from grpokit.tiny import DEMO_CONFIG, ensure_tiny
@@ -165,8 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help=overrides_help)
     p.add_argument("--out", help="run folder (default: train.out_dir)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint (= train.resume=true)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest complete checkpoint (same as train.resume=true)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("validate", help="check a config, its rewards and every data row without loading a model")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("demo", help="build the tiny model and task if needed, SFT warm-up, GRPO, before/after table")
     p.add_argument("overrides", nargs="*", help=overrides_help)

@@ -29,7 +29,11 @@ def _component(components: list[RewardComponent], name: str) -> RewardComponent:
 
 
 def _score(component: RewardComponent, completion: str, answer: str | None) -> float:
-    value = component.fn(completion, answer=answer, **component.kwargs)
+    """Builtin accuracy/format only; a failure inside a builtin counts as not correct, not a crash."""
+    try:
+        value = component.fn(completion, answer=answer, **component.kwargs)
+    except Exception:  # noqa: BLE001 - e.g. a math-verify edge case on one odd completion
+        return 0.0
     return 0.0 if value is None else float(value)
 
 

@@ -26,7 +26,7 @@ from grpokit.methods.sft import batch_indices, sft_step
 from grpokit.modeling import load_model, load_tokenizer
 from grpokit.optim import build_optimizer, build_scheduler
 from grpokit.plots import plot_training
-from grpokit.rewards import BUILTIN_REWARDS, RewardComponent, build_reward_components, score_completions
+from grpokit.rewards import BUILTIN_REWARDS, RewardComponent, build_reward_components, check_error_rate, make_scorer
 from grpokit.run_dir import RunDir, peak_memory_mb
 from grpokit.sampler import sample
 
@@ -92,6 +92,8 @@ class Trainer:
         self.consecutive_skips = 0
         self.started = time.perf_counter()  # wall time counts from here, plus time before any resume
         self.wall_before = 0.0
+        v = config.verify
+        self.scorer = make_scorer(config.rewards, timeout=v.timeout, isolate=v.isolate)
 
     def wall_seconds(self) -> float:
         return self.wall_before + time.perf_counter() - self.started
@@ -165,8 +167,10 @@ class Trainer:
                          max_new_tokens=c.sampling.max_new_tokens, temperature=c.sampling.temperature)
         t1 = time.perf_counter()
         examples = [self.inputs.train[r] for r in rows for _ in range(G)]
-        scores = score_completions(self.inputs.components, [p for p in prompts for _ in range(G)],
-                                   rollout.completions, [ex.reward_fields() for ex in examples])
+        scores = self.scorer.score([p for p in prompts for _ in range(G)], rollout.completions,
+                                   [ex.reward_fields() for ex in examples])
+        if scores.errors:  # logged before the error-rate check, whose message points here
+            self.run.append(self.run.path / "errors.jsonl", [{"step": step, **e} for e in scores.errors])
         rewards_B = torch.tensor(scores.total, dtype=torch.float32)
         advantages_B, zero_variance = compute_advantages(rewards_B, G, c.grpo)
         t2 = time.perf_counter()
@@ -195,7 +199,13 @@ class Trainer:
             "time_sampling": t1 - t0, "time_scoring": t2 - t1, "time_training": t3 - t2,
             "peak_memory_mb": peak_memory_mb(self.device),
         })
+        for name, kinds in scores.error_counts.items():
+            for kind, count in kinds.items():
+                row[f"reward_errors/{name}/{kind}"] = count
+        row["reward_error_rate"] = scores.error_rate()
+        row["reward_worker_restarts"] = self.scorer.restarts
         self.run.log_metrics(row)
+        check_error_rate(scores, c.verify.max_error_rate)
         if c.train.log_rollouts:
             self.run.log_rollouts([
                 {"step": step, "prompt": self.train_prompts[rows[i // G]], "answer": examples[i].answer,
@@ -242,6 +252,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ the whole job
     def run_job(self) -> dict:
+        try:
+            return self._run_job()
+        finally:
+            self.scorer.close()
+
+    def _run_job(self) -> dict:
         c = self.config
         if self.resume_from is None:
             if c.warmup.steps > 0:

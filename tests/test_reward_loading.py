@@ -266,6 +266,8 @@ def test_score_converts_nan_to_none_and_numpy_scalars_to_float():
     assert scores.components == {f"{SAMPLE_FILE}:nan_for_empty": [None, 0.5]}
     assert scores.total == [0.0, 0.5]
     assert scores.summary() == {f"{SAMPLE_FILE}:nan_for_empty": {"mean": 0.5, "n_none": 1}}
+    # NaN is now counted as an error (None is how a reward says "not applicable").
+    assert scores.error_counts == {f"{SAMPLE_FILE}:nan_for_empty": {"nan": 1}}
 
     values = iter([np.float32(0.5), np.int64(2), np.bool_(True), True, None])
     numpy_component = RewardComponent("np", lambda completion, **_: next(values))
@@ -280,28 +282,34 @@ def test_score_all_none_summary_mean_is_none():
 
 
 @pytest.mark.parametrize(
-    ("result", "message"),
+    ("result", "values", "kind", "message"),
     [
-        ([1.0], "batched reward 'bad' returned 1 values for 2 completions"),
-        ([1.0, 1.0, 1.0], "returned 3 values for 2 completions"),
-        (1.0, "returned float; expected a list of 2 numbers"),
-        ("11", "returned str; expected a list of 2 numbers"),
-        ([1.0, "yes"], "returned 'yes' of type str; expected a number or None"),
-        ([1.0, float("inf")], "returned inf; expected a finite number"),
+        ([1.0], [None, None], "wrong_length", "batched reward returned 1 values for 2 completions"),
+        ([1.0, 1.0, 1.0], [None, None], "wrong_length", "returned 3 values for 2 completions"),
+        (1.0, [None, None], "wrong_length", "returned float; expected a list of 2 numbers"),
+        ("11", [None, None], "wrong_length", "returned str; expected a list of 2 numbers"),
+        ([1.0, "yes"], [1.0, None], "not_a_number", "returned 'yes' of type str; expected a number or None"),
+        ([1.0, float("inf")], [1.0, None], "not_a_number", "returned inf; expected a finite number"),
     ],
 )
-def test_score_bad_batched_results(result, message):
+def test_score_bad_batched_results(result, values, kind, message):
+    # A bad result is no longer raised: its cells become None and are counted.
     component = RewardComponent("bad", lambda prompts, completions, **kw: result, batched=True)
-    with pytest.raises(GrpokitError, match=message):
-        score_completions([component], ["p", "p"], ["a", "b"], [{}, {}])
+    scores = score_completions([component], ["p", "p"], ["a", "b"], [{}, {}])
+    assert scores.components == {"bad": values}
+    assert scores.error_counts == {"bad": {kind: values.count(None)}}
+    assert all(e["kind"] == kind and message in e["message"] for e in scores.errors)
 
 
-def test_score_user_exception_names_the_reward():
+def test_score_user_exception_names_the_error():
     def broken(completion, **fields):
         return fields["solution"]
 
-    with pytest.raises(GrpokitError, match="reward 'broken' raised KeyError: 'solution'"):
-        score_completions([RewardComponent("broken", broken)], ["p"], ["c"], [{}])
+    scores = score_completions([RewardComponent("broken", broken)], ["p"], ["c"], [{}])
+    assert scores.components == {"broken": [None]}
+    assert scores.errors == [
+        {"component": "broken", "index": 0, "kind": "exception", "message": "KeyError: 'solution'", "completion": "c"}
+    ]
 
 
 def test_score_requires_one_prompt_and_example_per_completion():
