@@ -54,7 +54,8 @@ def test_each_bad_input_exits_non_zero_naming_row_and_field(tmp_path, capsys, ca
 
 
 def test_every_bad_row_is_reported_not_just_the_first(tmp_path, capsys):
-    rows = b'{"prompt": "", "answer": "1"}\n{"prompt": "ok", "answer": "1"}\n{"prompt": "b"}\n{"prompt": 3, "answer": "1"}\n'
+    rows = (b'{"prompt": "", "answer": "1"}\n{"prompt": "ok", "answer": "1"}\n'
+            b'{"prompt": "b"}\n{"prompt": 3, "answer": "1"}\n')
     code, out = _validate(tmp_path, capsys, rows)
     assert code == 2
     for line in (1, 3, 4):
