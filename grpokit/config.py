@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -86,7 +87,9 @@ class OptimConfig:
 class WarmupConfig:
     steps: int = option(0, "SFT warm-up steps on the training rows' reference completions before the method runs.")
     batch_size: int = option(32, "Rows per SFT warm-up step.")
-    lr: float = option(1e-3, "SFT warm-up learning rate (constant, AdamW).")
+    lr: float = option(1e-3, "SFT warm-up peak learning rate (AdamW).")
+    schedule: str = option("cosine", "SFT warm-up learning-rate schedule: constant, linear or cosine (decays to 0, "
+                                     "so the warm-up ends in a settled state rather than mid-oscillation).")
     completion_field: str = option("completion", "Column holding the reference completion for the warm-up.")
 
 
@@ -145,6 +148,7 @@ CHOICES = {
     "grpo.baseline": ("mean", "leave_one_out"),
     "grpo.aggregation": ("sequence", "token", "constant"),
     "optim.schedule": ("constant", "linear", "cosine"),
+    "warmup.schedule": ("constant", "linear", "cosine"),
     "train.method": ("grpo",),
 }
 POSITIVE = ("train.max_consecutive_skips",
@@ -180,6 +184,9 @@ def _unknown_key(key: str, where: str) -> GrpokitError:
     return GrpokitError(f"{where}: unknown config key '{key}'.{hint} Run `grpokit config` to list every key.")
 
 
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _check_type(key: str, value, hint, where: str):
     """Return value converted to the field's type, or raise naming the key and both types."""
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
@@ -192,6 +199,8 @@ def _check_type(key: str, value, hint, where: str):
             return value
         if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if t is float and isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            return float(value)  # YAML 1.1 reads "5e-4" (no dot) as a string
         if t is str and isinstance(value, str):
             return value
         if typing.get_origin(t) is list or t is list:

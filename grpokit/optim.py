@@ -27,11 +27,11 @@ def lr_factor(step: int, *, warmup_steps: int, total_steps: int, schedule: str) 
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))  # cosine
 
 
-def build_scheduler(optimizer, cfg: OptimConfig, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(optimizer, total_steps: int, *, warmup_steps: int, schedule: str
+                    ) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda step: lr_factor(step, warmup_steps=cfg.warmup_steps, total_steps=total_steps,
-                               schedule=cfg.schedule),
+        lambda step: lr_factor(step, warmup_steps=warmup_steps, total_steps=total_steps, schedule=schedule),
     )
 
 

@@ -116,13 +116,14 @@ class Trainer:
         """Short SFT on the rows' reference completions (not checkpointed: a kill here redoes it)."""
         w, c = self.config.warmup, self.config
         optimizer = build_optimizer(self.model, c.optim, lr=w.lr)
+        scheduler = build_scheduler(optimizer, w.steps, warmup_steps=0, schedule=w.schedule)
         completions = [ex.fields[w.completion_field] for ex in self.inputs.train]
         self.model.train()
         rng = random.Random(c.train.seed)
         for i, rows in enumerate(batch_indices(len(self.train_prompts), w.batch_size, w.steps, rng)):
             metrics = sft_step(self.model, self.tokenizer, optimizer, [self.train_prompts[r] for r in rows],
                                [completions[r] for r in rows], micro_batch_size=c.optim.micro_batch_size,
-                               max_grad_norm=c.optim.max_grad_norm)
+                               max_grad_norm=c.optim.max_grad_norm, scheduler=scheduler)
             self.run.log_metrics({"step": i + 1, "phase": "warmup", **metrics})
 
     # ------------------------------------------------------------------ the method
@@ -135,7 +136,8 @@ class Trainer:
                 self.model.save_pretrained(reference_dir)
             ref_model = load_model(c.model, path=str(reference_dir)).eval().requires_grad_(False)
         optimizer = build_optimizer(self.model, c.optim)
-        scheduler = build_scheduler(optimizer, c.optim, total_steps=c.train.steps * c.grpo.num_iterations)
+        scheduler = build_scheduler(optimizer, c.train.steps * c.grpo.num_iterations,
+                                    warmup_steps=c.optim.warmup_steps, schedule=c.optim.schedule)
         # Data order depends only on the seed (its own generator), so a resumed run sees the same prompts.
         batches = batch_indices(len(self.train_prompts), c.grpo.prompts_per_step, c.train.steps,
                                 random.Random(c.train.seed + 1))

@@ -278,4 +278,9 @@ def answers_match(predicted: str | None, gold: str) -> bool:
         return True
     if _PROSE_RE.fullmatch(predicted) or _PROSE_RE.fullmatch(gold):
         return False
+    if gold_number is not None and "\\" not in predicted:
+        # A numeric gold and a plain-text prediction that is not a number ("4+0", "87=3"): a
+        # wrong answer. Skipping sympy here matters: a diverging model writes such strings by
+        # the thousand, and sympy can spend minutes on some of them in C, beyond any timeout.
+        return False
     return _symbolic_match(predicted, gold)
