@@ -149,7 +149,7 @@ def cmd_score(args) -> int:
 def cmd_build_tiny(args) -> int:
     from grpokit.tiny import ensure_tiny
 
-    paths = ensure_tiny(args.out, size=args.size, force=True)
+    paths = ensure_tiny(args.out, size=args.size, force=True, carry_slip=args.carry_slip)
     print(json.dumps({k: str(v) for k, v in paths.items()}, indent=2))
     return 0
 
@@ -222,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build-tiny", help="build the tiny model and arithmetic task")
     p.add_argument("--out", default=DEMO_HOME)
     p.add_argument("--size", default="demo", choices=("demo", "test"))
+    p.add_argument("--carry-slip", type=float, default=0.6,
+                   help="fraction of carry problems whose warm-up demonstration forgets the carry (0: all correct)")
     p.set_defaults(func=cmd_build_tiny)
 
     p = sub.add_parser("config", help="list every config key with its default and meaning")

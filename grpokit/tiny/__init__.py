@@ -5,20 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from grpokit.tiny.model import build_tiny, build_tokenizer
-from grpokit.tiny.task import make_splits, write_task
+from grpokit.tiny.task import CARRY_SLIP, make_splits, write_task
 
 # The demo's config; its relative paths point into the default home, `.grpokit/tiny`.
 DEMO_CONFIG = Path(__file__).parent / "demo.yaml"
 
 
-def ensure_tiny(home: str | Path, size: str = "demo", force: bool = False) -> dict[str, Path]:
+def ensure_tiny(home: str | Path, size: str = "demo", force: bool = False, carry_slip: float = CARRY_SLIP
+                ) -> dict[str, Path]:
     """Build the tiny model into home/model and the task into home/data unless already there."""
     home = Path(home)
     paths = {"model": home / "model", "train": home / "data" / "train.jsonl", "eval": home / "data" / "eval.jsonl"}
     if force or not (paths["model"] / "config.json").is_file():
         build_tiny(paths["model"], size=size)
     if force or not (paths["train"].is_file() and paths["eval"].is_file()):
-        write_task(home / "data")
+        write_task(home / "data", carry_slip=carry_slip)
     return paths
 
 
