@@ -31,7 +31,8 @@ def option(default, help: str):
 @dataclass
 class ModelConfig:
     path: str = option("", "Local Hugging Face model folder, or a hub name where a network exists.")
-    dtype: str = option("float32", "Parameter dtype: float32, bfloat16 or float16.")
+    dtype: str = option("float32", "Compute dtype: float32 or bfloat16 (mixed precision: trained parameters stay "
+                                   "float32). float16 only for eval (training would need loss scaling).")
     device: str = option("auto", "auto (cuda if available, else cpu), cpu, or cuda[:N].")
     trust_remote_code: bool = option(False, "Allow model code from the model folder to run. Off unless you trust it.")
 
@@ -241,6 +242,10 @@ def _validate(config: Config) -> None:
         raise GrpokitError("config key 'sampling.temperature' must be a positive number for training.")
     if config.sampling.group_size < 2 and config.train.method == "grpo":
         raise GrpokitError("config key 'sampling.group_size' must be at least 2 for grpo (the baseline is the group).")
+    if not 0.0 <= config.verify.max_error_rate <= 1.0:
+        raise GrpokitError("config key 'verify.max_error_rate' must be between 0 and 1.")
+    if config.grpo.beta < 0 or config.grpo.clip_low < 0 or config.grpo.clip_high < 0:
+        raise GrpokitError("config keys 'grpo.beta', 'grpo.clip_low' and 'grpo.clip_high' must not be negative.")
     if not isinstance(config.rewards, list) or not config.rewards:
         raise GrpokitError("config key 'rewards' must be a non-empty list of reward components.")
 

@@ -161,7 +161,7 @@ def render_prompt(
                 "chat template."
             )
         text = _fill_template(prompt_template, prompt)
-        return f"{system_prompt}\n{text}" if system_prompt else text
+        return _with_bos(f"{system_prompt}\n{text}" if system_prompt else text, tokenizer)
     if getattr(tokenizer, "chat_template", None):
         if isinstance(prompt, str):
             messages = [{"role": "user", "content": prompt}]
@@ -181,12 +181,25 @@ def render_prompt(
                 f"{[m.get('role') for m in messages]}: {e}"
             ) from e
     if isinstance(prompt, str):
-        return f"{system_prompt}\n{prompt}" if system_prompt else prompt
+        return _with_bos(f"{system_prompt}\n{prompt}" if system_prompt else prompt, tokenizer)
     raise GrpokitError(
         "this prompt is a conversation (a list of messages) but the tokenizer has no chat "
         "template to render it; use a tokenizer with a chat template, or string prompts with a "
         "prompt_template such as 'Question: {prompt}\\nAnswer:'."
     )
+
+
+def _with_bos(text: str, tokenizer) -> str:
+    """Prepend the BOS text when the tokenizer itself would add BOS (Llama, Gemma base models).
+
+    Prompts are tokenised with add_special_tokens=False (a chat template already writes its own
+    BOS), so a plain prompt must carry the BOS the model was trained with.
+    """
+    bos = getattr(tokenizer, "bos_token", None)
+    if not bos or text.startswith(bos):
+        return text
+    ids = tokenizer("x")["input_ids"]
+    return bos + text if ids and ids[0] == tokenizer.bos_token_id else text
 
 
 # ---- problems ------------------------------------------------------------------------------

@@ -44,7 +44,8 @@ AGGREGATIONS = {"sequence": _sequence_mean, "token": _token_mean, "constant": _c
 def k3_kl(logp_BT: torch.Tensor, ref_logp_BT: torch.Tensor) -> torch.Tensor:
     """Schulman's k3 estimator of KL(pi_theta || pi_ref) per token: exp(x) - x - 1, x = ref - logp."""
     x = ref_logp_BT - logp_BT
-    return torch.exp(x) - x - 1
+    # expm1(x) - x == exp(x) - 1 - x without the cancellation that rounds small KLs to 0 in float32
+    return torch.expm1(x) - x
 
 
 def grpo_loss(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -15,7 +16,13 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise GrpokitError(f"model.device '{name}' is not a device; expected auto, cpu, cuda or cuda:N.") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GrpokitError(f"model.device is '{name}' but no CUDA device is available here; use auto or cpu.")
+    return device
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False):
@@ -32,19 +39,28 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     return tokenizer
 
 
-def load_model(cfg: ModelConfig, path: str | None = None):
-    """The policy (or a frozen copy, e.g. the reference) on the configured device and dtype."""
+def load_model(cfg: ModelConfig, path: str | None = None, trainable: bool = False):
+    """A model on the configured device. A model that will be trained keeps float32 parameters
+    (bf16 parameters would round away most AdamW updates: bf16(0.02) + 1e-6 == 0.02) and computes
+    in `cfg.dtype` through `autocast`; a frozen one (eval, reference) is stored in `cfg.dtype`."""
     from transformers import AutoModelForCausalLM
 
     path = path or cfg.path
     _check_exists(path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
+            path, dtype=torch.float32 if trainable else DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
         )
     except (OSError, ValueError) as e:
         raise GrpokitError(f"could not load a causal LM from '{path}': {e}") from None
     return model.to(resolve_device(cfg.device))
+
+
+def autocast(cfg: ModelConfig, device: torch.device):
+    """Mixed precision for forward passes when model.dtype is not float32 (parameters stay float32)."""
+    if cfg.dtype == "float32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[cfg.dtype])
 
 
 def _check_exists(path: str) -> None:

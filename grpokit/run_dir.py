@@ -35,22 +35,24 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.path / "metrics.jsonl"
         self.rollouts_path = self.path / "rollouts.jsonl"
+        self.errors_path = self.path / "errors.jsonl"
+        self.logs = (self.metrics_path, self.rollouts_path, self.errors_path)
 
     def start(self, config: Config) -> None:
         """Write the resolved config and environment; start fresh metrics and rollouts files."""
         save_config(config, self.path / "config.yaml")
         self.write_json("environment.json", environment(config.train.seed))
-        for p in (self.metrics_path, self.rollouts_path):
+        for p in self.logs:
             p.write_text("", encoding="utf-8")
 
     def offsets(self) -> dict[str, int]:
         """Sizes of the append-only logs, saved in a checkpoint so a resume can cut them back."""
-        return {p.name: p.stat().st_size if p.exists() else 0 for p in (self.metrics_path, self.rollouts_path)}
+        return {p.name: p.stat().st_size if p.exists() else 0 for p in self.logs}
 
     def resume(self, config: Config, offsets: dict[str, int]) -> None:
         """Cut the logs back to where the checkpoint was taken: rows of lost steps are not kept twice."""
         save_config(config, self.path / "config.yaml")
-        for p in (self.metrics_path, self.rollouts_path):
+        for p in self.logs:
             with p.open("ab") as f:
                 f.truncate(offsets.get(p.name, 0))
 

@@ -128,7 +128,11 @@ def sample(
     completion_ids_BC = sequences[:, prompt_ids_BP.shape[1]:]
     logprobs_BC = recorder.finish(completion_ids_BC[:, -1])
     mask_BC, truncated_B = completion_mask(completion_ids_BC, stop_ids)
-    texts = tokenizer.batch_decode(completion_ids_BC * mask_BC, skip_special_tokens=True)
+    # Decode each row up to its own length: filling the tail with some id would decode as text
+    # in tokenizers whose id 0 is an ordinary character ("!" in Qwen and GPT-2).
+    lengths = mask_BC.sum(-1).tolist()
+    texts = tokenizer.batch_decode([ids[:n] for ids, n in zip(completion_ids_BC.tolist(), lengths)],
+                                   skip_special_tokens=True)
     return Rollout(
         tokens=TokenBatch(prompt_ids_BP, prompt_mask_BP, completion_ids_BC, mask_BC),
         sampling_logprobs_BC=logprobs_BC * mask_BC,

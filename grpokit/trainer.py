@@ -23,7 +23,7 @@ from grpokit.errors import GrpokitError
 from grpokit.evaluation import evaluate
 from grpokit.methods.grpo import compute_advantages, grpo_update
 from grpokit.methods.sft import batch_indices, sft_step
-from grpokit.modeling import load_model, load_tokenizer
+from grpokit.modeling import autocast, load_model, load_tokenizer
 from grpokit.optim import build_optimizer, build_scheduler
 from grpokit.plots import plot_training
 from grpokit.rewards import BUILTIN_REWARDS, RewardComponent, build_reward_components, check_error_rate, make_scorer
@@ -48,6 +48,9 @@ def set_seed(seed: int) -> None:
 
 def prepare_inputs(config: Config) -> Inputs:
     """Validate rewards and data; raises GrpokitError naming the problem. Loads no model."""
+    if config.model.dtype == "float16":
+        raise GrpokitError("model.dtype float16 is not supported for training (it would need loss scaling); "
+                           "use bfloat16, or float16 only with `grpokit eval`.")
     components = build_reward_components(config.rewards)
     d = config.data
     if not d.train:
@@ -81,7 +84,7 @@ class Trainer:
     def __init__(self, config: Config, inputs: Inputs, run: RunDir, resume_from: Path | None = None):
         self.config, self.inputs, self.run, self.resume_from = config, inputs, run, resume_from
         self.tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
-        self.model = load_model(config.model, path=str(resume_from) if resume_from else None)
+        self.model = load_model(config.model, path=str(resume_from) if resume_from else None, trainable=True)
         self.device = next(self.model.parameters()).device
         d = config.data
         render = lambda ex: render_prompt(ex.prompt, self.tokenizer, system_prompt=d.system_prompt,  # noqa: E731
@@ -172,14 +175,16 @@ class Trainer:
         scores = self.scorer.score([p for p in prompts for _ in range(G)], rollout.completions,
                                    [ex.reward_fields() for ex in examples])
         if scores.errors:  # logged before the error-rate check, whose message points here
-            self.run.append(self.run.path / "errors.jsonl", [{"step": step, **e} for e in scores.errors])
+            self.run.append(self.run.errors_path, [{"step": step, **e} for e in scores.errors])
+        check_error_rate(scores, c.verify.max_error_rate)  # before the update: never step on a broken verifier
         rewards_B = torch.tensor(scores.total, dtype=torch.float32)
         advantages_B, zero_variance = compute_advantages(rewards_B, G, c.grpo)
         t2 = time.perf_counter()
         self.model.train()
+        lr = scheduler.get_last_lr()[0]  # the rate this step's first update uses
         update = grpo_update(self.model, optimizer, scheduler, rollout, advantages_B, c, ref_model)
         t3 = time.perf_counter()
-        self._guard(step, update["skipped_updates"], c.grpo.num_iterations, update)
+        self._guard(step, update)
 
         lengths = rollout.completion_lengths_B.float()
         row = {"step": step, "phase": "train", "reward": rewards_B.mean().item()}
@@ -196,7 +201,7 @@ class Trainer:
             "mean_length": lengths.mean().item(),
             "truncation_rate": rollout.truncated_B.float().mean().item(),
             **update,
-            "lr": scheduler.get_last_lr()[0],
+            "lr": lr,
             "tokens_generated": int(lengths.sum().item()),
             "time_sampling": t1 - t0, "time_scoring": t2 - t1, "time_training": t3 - t2,
             "peak_memory_mb": peak_memory_mb(self.device),
@@ -207,7 +212,6 @@ class Trainer:
         row["reward_error_rate"] = scores.error_rate()
         row["reward_worker_restarts"] = self.scorer.restarts
         self.run.log_metrics(row)
-        check_error_rate(scores, c.verify.max_error_rate)
         if c.train.log_rollouts:
             self.run.log_rollouts([
                 {"step": step, "prompt": self.train_prompts[rows[i // G]], "answer": examples[i].answer,
@@ -218,12 +222,14 @@ class Trainer:
             ])
         return row
 
-    def _guard(self, step: int, skipped: int, attempted: int, update: dict) -> None:
+    def _guard(self, step: int, update: dict) -> None:
         """Count optimiser steps skipped for non-finite values; stop after too many in a row."""
+        skipped, trailing = update["skipped_updates"], update["trailing_skips"]
         if skipped == 0:
             self.consecutive_skips = 0
             return
-        self.consecutive_skips = self.consecutive_skips + skipped if skipped == attempted else skipped
+        all_skipped = skipped == self.config.grpo.num_iterations
+        self.consecutive_skips = self.consecutive_skips + skipped if all_skipped else trailing
         print(f"grpokit: step {step}: skipped {skipped} optimiser step(s): loss {update['loss']}, "
               f"gradient norm {update['grad_norm']} (not finite); parameters left unchanged.", file=sys.stderr)
         limit = self.config.train.max_consecutive_skips
@@ -255,7 +261,8 @@ class Trainer:
     # ------------------------------------------------------------------ the whole job
     def run_job(self) -> dict:
         try:
-            return self._run_job()
+            with autocast(self.config.model, self.device):
+                return self._run_job()
         finally:
             self.scorer.close()
 
@@ -297,6 +304,10 @@ def train(config: Config, out_dir: str | None = None) -> dict:
         if config.train.resume:
             print(f"grpokit: no checkpoint in {run.path / 'checkpoints'}; starting from the beginning.",
                   file=sys.stderr)
+        if (run.path / "checkpoints").is_dir() and any((run.path / "checkpoints").iterdir()):
+            raise GrpokitError(
+                f"run folder {run.path} already holds checkpoints of an earlier run. Continue it with --resume "
+                "(train.resume=true), or choose another folder with --out (train.out_dir).")
         run.start(config)
         trainer = Trainer(config, inputs, run)
     else:

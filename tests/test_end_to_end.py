@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -11,8 +12,10 @@ from grpokit.cli import main
 from grpokit.config import load_config
 from grpokit.trainer import train
 
+FIXTURES = Path(__file__).parent / "fixtures" / "rewards" / "sample_rewards.py"
+
 STEP_FIELDS = {
-    "step", "reward", "reward/accuracy", "reward/format", "accuracy", "format_rate", "zero_variance_fraction",
+    "step", "reward", "reward/accuracy", "reward/format", "reward/length_bonus", "accuracy", "format_rate", "zero_variance_fraction",
     "mean_length", "truncation_rate", "kl", "clip_fraction", "loss", "grad_norm", "tokens_generated",
     "tokens_backpropagated", "time_sampling", "time_scoring", "time_training", "peak_memory_mb", "lr",
 }
@@ -24,7 +27,9 @@ def _overrides(tiny_home, out):
             f"data.eval={tiny_home['eval']}", "data.max_eval_examples=8", "sampling.group_size=4",
             "sampling.max_new_tokens=12", "grpo.prompts_per_step=2", "train.steps=2", "warmup.steps=2",
             "warmup.batch_size=4", "train.progress=false", f"train.out_dir={out}", "grpo.beta=0.04",
-            "train.save_every=1"]
+            "train.save_every=1", "optim.warmup_steps=2", "optim.lr=0.001",
+            # a reward that varies inside every group, so even an untrained model gets a gradient
+            f"rewards=[accuracy, format, {{name: '{FIXTURES}:length_bonus', max_chars: 12, alias: length_bonus}}]"]
 
 
 @pytest.fixture(scope="module")
@@ -52,11 +57,15 @@ def test_metrics_and_rollouts_files(run):
     for r in steps:
         assert STEP_FIELDS <= set(r), STEP_FIELDS - set(r)
         assert r["tokens_backpropagated"] == r["tokens_generated"] > 0
+    # beta 0.04: KL to the reference is exactly 0 before the first update, positive after it
+    assert steps[0]["kl"] == 0.0 and steps[1]["kl"] > 0
+    # the learning rate logged is the one the step used: linear warm-up over 2 steps
+    assert [r["lr"] for r in steps] == pytest.approx([0.0005, 0.001])
     assert {r["phase"] for r in rows} >= {"warmup", "initial", "before", "after", "train"}
     rollouts = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
     assert len(rollouts) == 2 * 2 * 4  # steps x prompts x group size
     assert all(ROLLOUT_FIELDS <= set(r) for r in rollouts)
-    assert set(rollouts[0]["rewards"]) == {"accuracy", "format"}
+    assert set(rollouts[0]["rewards"]) == {"accuracy", "format", "length_bonus"}
 
 
 def test_saved_models_reload_with_transformers(run):

@@ -84,6 +84,12 @@ def test_k3_kl_by_hand_and_in_loss():
     assert m["kl_sum"] == pytest.approx(math.exp(-0.5) - 0.5 + math.e - 2.0)
 
 
+def test_k3_kl_keeps_small_values_in_float32():
+    # x = 1e-4: KL = x^2 / 2 + x^3 / 6 ~ 5.0002e-9; the naive exp(x) - x - 1 gives 0 in float32
+    kl = k3_kl(torch.tensor([[0.0]]), torch.tensor([[1e-4]]))
+    assert kl.item() == pytest.approx(5.0002e-9, rel=1e-3)
+
+
 def test_beta_without_reference_is_an_error():
     with pytest.raises(ValueError):
         grpo_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1), torch.ones(1, 1), BatchNorm(1, 1, 1),

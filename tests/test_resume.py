@@ -164,6 +164,12 @@ def test_all_checkpoints_damaged_is_a_clear_error(reference_run, tmp_path):
         find_resumable(out / "checkpoints")
 
 
+def test_a_fresh_run_into_a_folder_with_checkpoints_is_refused(config_file, reference_run, tmp_path):
+    out = _copy_run(reference_run, tmp_path)
+    with pytest.raises(GrpokitError, match="already holds checkpoints .* --resume"):
+        train(load_config(config_file, [f"train.out_dir={out}"]))
+
+
 def test_old_checkpoints_are_rotated(reference_run):
     kept = sorted(p.name for p in (reference_run / "checkpoints").iterdir())
     assert kept == ["latest", f"step_{STEPS - 1}", f"step_{STEPS}"]

@@ -26,6 +26,29 @@ def test_completion_mask_with_several_stop_tokens():
     assert mask.tolist() == [[1, 1, 0, 0]] and truncated.tolist() == [False]
 
 
+def test_completion_text_never_contains_padding_decoded_as_text():
+    """In Qwen and GPT-2, token id 0 is "!": the tail of a short completion must not decode as "!!!"."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    vocab = {"!": 0, "<pad>": 1, "<eos>": 2, "a": 3, "b": 4, "?": 5}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    core.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<eos>")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=6, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, pad_token_id=1, eos_token_id=2))
+    with torch.no_grad():
+        model.lm_head.weight[2] += 3 * model.model.embed_tokens.weight.mean(0)  # make EOS frequent
+    rollout = sample(model, tok, ["ab?"] * 4, group_size=4, max_new_tokens=12, temperature=1.0)
+    lengths = rollout.tokens.completion_mask_BC.sum(-1)
+    assert (lengths < rollout.tokens.completion_ids_BC.shape[1]).any(), "test setup: some short completions"
+    for text, ids, n in zip(rollout.completions, rollout.tokens.completion_ids_BC, lengths):
+        characters = [i for i in ids[: int(n)].tolist() if i not in tok.all_special_ids]  # one char per token
+        assert len(text) == len(characters), (text, ids.tolist())
+
+
 def test_left_padding_aligns_prompts_at_the_right():
     from grpokit.tiny import build_tokenizer
 

@@ -52,7 +52,7 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
 
     old_logps: list[torch.Tensor | None] = [None] * len(chunks)
     totals = {"loss": 0.0, "clipped_tokens": 0.0, "kl_sum": 0.0, "tokens": 0.0, "grad_norm": 0.0}
-    skipped = 0
+    skipped = trailing_skips = 0
     for iteration in range(cfg.num_iterations):
         iteration_loss = 0.0
         for i, rows in enumerate(chunks):
@@ -73,6 +73,7 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
         grad_norm, stepped = optimizer_step(model, optimizer, scheduler, config.optim.max_grad_norm,
                                             loss_is_finite=math.isfinite(iteration_loss))
         skipped += not stepped
+        trailing_skips = 0 if stepped else trailing_skips + 1
         totals["loss"] += iteration_loss
         totals["grad_norm"] += grad_norm
     iterations = cfg.num_iterations
@@ -80,7 +81,8 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
         "loss": totals["loss"] / iterations,
         "grad_norm": totals["grad_norm"] / iterations,
         "skipped_updates": skipped,
-        "kl": totals["kl_sum"] / max(totals["tokens"], 1),
+        "trailing_skips": trailing_skips,  # skips since the last optimiser step that went through
+        "kl": totals["kl_sum"] / max(totals["tokens"], 1) if cfg.beta != 0.0 else None,  # not measured
         "clip_fraction": totals["clipped_tokens"] / max(totals["tokens"], 1),
         "tokens_backpropagated": int(totals["tokens"]),
     }
