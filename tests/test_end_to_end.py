@@ -15,7 +15,8 @@ from grpokit.trainer import train
 FIXTURES = Path(__file__).parent / "fixtures" / "rewards" / "sample_rewards.py"
 
 STEP_FIELDS = {
-    "step", "reward", "reward/accuracy", "reward/format", "reward/length_bonus", "accuracy", "format_rate", "zero_variance_fraction",
+    "step", "reward", "reward/accuracy", "reward/format", "reward/length_bonus", "accuracy", "format_rate",
+    "zero_variance_fraction",
     "mean_length", "truncation_rate", "kl", "clip_fraction", "loss", "grad_norm", "tokens_generated",
     "tokens_backpropagated", "time_sampling", "time_scoring", "time_training", "peak_memory_mb", "lr",
 }
