@@ -188,9 +188,8 @@ class Trainer:
 
         lengths = rollout.completion_lengths_B.float()
         row = {"step": step, "phase": "train", "reward": rewards_B.mean().item()}
-        for name, values in scores.components.items():
-            present = [v for v in values if v is not None]
-            row[f"reward/{name}"] = sum(present) / len(present) if present else None
+        for name, component_summary in scores.summary().items():
+            row[f"reward/{name}"] = component_summary["mean"]  # over the samples it could score
         for builtin, key in (("accuracy", "accuracy"), ("format", "format_rate")):
             component = next((x for x in self.inputs.components if x.fn is BUILTIN_REWARDS[builtin]), None)
             if component is not None:  # found by function, so an alias does not hide it
