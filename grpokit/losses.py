@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,20 @@ def k3_kl(logp_BT: torch.Tensor, ref_logp_BT: torch.Tensor) -> torch.Tensor:
     return torch.expm1(x) - x
 
 
+def _clipped_surrogate(
+    ratio_BT: torch.Tensor, adv_BT: torch.Tensor, clip_low: float, clip_high: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token -min(rho * A, clip(rho, 1 - clip_low, 1 + clip_high) * A), shared by GRPO and PPO.
+
+    Also returns where the min took the clipped term (as 0/1 in ratio's dtype), for the metrics.
+    adv_BT may be (B, 1): GRPO gives every token of a sequence the same advantage.
+    """
+    unclipped_BT = ratio_BT * adv_BT
+    clipped_BT = torch.clamp(ratio_BT, 1 - clip_low, 1 + clip_high) * adv_BT
+    is_clipped_BT = (clipped_BT < unclipped_BT).to(ratio_BT.dtype)  # the min took the clipped term
+    return -torch.minimum(unclipped_BT, clipped_BT), is_clipped_BT
+
+
 def grpo_loss(
     logp_BT: torch.Tensor,
     old_logp_BT: torch.Tensor,
@@ -69,10 +84,7 @@ def grpo_loss(
     """
     mask_BT = mask_BT.to(logp_BT.dtype)
     ratio_BT = torch.exp(logp_BT - old_logp_BT)
-    adv_BT = advantages_B[:, None]
-    unclipped_BT = ratio_BT * adv_BT
-    clipped_BT = torch.clamp(ratio_BT, 1 - clip_low, 1 + clip_high) * adv_BT
-    per_token_BT = -torch.minimum(unclipped_BT, clipped_BT)
+    per_token_BT, is_clipped_BT = _clipped_surrogate(ratio_BT, advantages_B[:, None], clip_low, clip_high)
     kl_BT = None
     if beta != 0.0:
         if ref_logp_BT is None:
@@ -81,7 +93,6 @@ def grpo_loss(
         per_token_BT = per_token_BT + beta * kl_BT
     loss = AGGREGATIONS[aggregation](per_token_BT, mask_BT, norm)
     with torch.no_grad():
-        is_clipped_BT = (clipped_BT < unclipped_BT).to(mask_BT.dtype)  # the min took the clipped term
         metrics = {
             "clipped_tokens": (is_clipped_BT * mask_BT).sum().item(),
             "kl_sum": 0.0 if kl_BT is None else (kl_BT * mask_BT).sum().item(),
@@ -96,3 +107,170 @@ def sft_loss(logp_BT: torch.Tensor, mask_BT: torch.Tensor, norm: BatchNorm) -> t
     mask_BT = mask_BT.to(logp_BT.dtype)
     loss = -(logp_BT * mask_BT).sum() / max(norm.num_tokens, 1)
     return loss, {"tokens": mask_BT.sum().item()}
+
+
+def ppo_policy_loss(
+    logp_BT: torch.Tensor,
+    old_logp_BT: torch.Tensor,
+    advantages_BT: torch.Tensor,
+    mask_BT: torch.Tensor,
+    norm: BatchNorm,
+    *,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """PPO clipped surrogate (Schulman et al. 2017, arXiv 1707.06347) with per-token advantages (e.g. from `gae`).
+
+    loss = -(1 / num_tokens) sum_{i,t} m_{i,t} min(rho A_{i,t}, clip(rho, 1 - clip_low, 1 + clip_high) A_{i,t}),
+    rho = exp(logp - old_logp); num_tokens is the whole batch's (token-level aggregation, as DAPO).
+    """
+    mask_BT = mask_BT.to(logp_BT.dtype)
+    ratio_BT = torch.exp(logp_BT - old_logp_BT)
+    per_token_BT, is_clipped_BT = _clipped_surrogate(ratio_BT, advantages_BT, clip_low, clip_high)
+    loss = _token_mean(per_token_BT, mask_BT, norm)
+    with torch.no_grad():
+        metrics = {"clipped_tokens": (is_clipped_BT * mask_BT).sum().item(), "tokens": mask_BT.sum().item()}
+    return loss, metrics
+
+
+def sequence_logprob(logp_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
+    """log pi(y) = sum_t m_t log pi(y_t | x, y_<t): the completion's log-probability, shape (B,) (DPO)."""
+    return (logp_BT * mask_BT.to(logp_BT.dtype)).sum(-1)
+
+
+def mean_logprob(logp_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
+    """(1 / |y|) sum_t m_t log pi(y_t | x, y_<t): length-normalised log-probability, shape (B,) (ORPO's log P)."""
+    mask_BT = mask_BT.to(logp_BT.dtype)
+    return (logp_BT * mask_BT).sum(-1) / mask_BT.sum(-1).clamp(min=1)
+
+
+def dpo_loss(
+    policy_chosen_B: torch.Tensor,
+    policy_rejected_B: torch.Tensor,
+    ref_chosen_B: torch.Tensor,
+    ref_rejected_B: torch.Tensor,
+    *,
+    beta: float = 0.1,
+    num_pairs: int,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Sigmoid DPO (Rafailov et al. 2023, arXiv 2305.18290) on sequence log-probs (`sequence_logprob`).
+
+    Implicit rewards r_w = beta (log pi(y_w) - log ref(y_w)), r_l = beta (log pi(y_l) - log ref(y_l));
+    loss = (1 / num_pairs) sum_pairs -log sigmoid(r_w - r_l), num_pairs counted over the whole batch.
+    Metrics are sums over this micro-batch: reward_margin (r_w - r_l), accuracy (pairs with r_w > r_l),
+    chosen_reward (r_w), rejected_reward (r_l), pairs.
+    """
+    chosen_reward_B = beta * (policy_chosen_B - ref_chosen_B)
+    rejected_reward_B = beta * (policy_rejected_B - ref_rejected_B)
+    margin_B = chosen_reward_B - rejected_reward_B
+    # logsigmoid, not log(sigmoid(.)): sigmoid underflows to 0 for margins below about -100 in float32
+    loss = -F.logsigmoid(margin_B).sum() / max(num_pairs, 1)
+    with torch.no_grad():
+        metrics = {
+            "reward_margin": margin_B.sum().item(),
+            "accuracy": (margin_B > 0).sum().item(),
+            "chosen_reward": chosen_reward_B.sum().item(),
+            "rejected_reward": rejected_reward_B.sum().item(),
+            "pairs": float(margin_B.numel()),
+        }
+    return loss, metrics
+
+
+def _log_odds(logp_B: torch.Tensor) -> torch.Tensor:
+    """log(P / (1 - P)) from log P; log(1 - P) = log(-expm1(log P)), exact for P near 1 as well as near 0."""
+    # P = 1 exactly (every token certain) would give log 0 = -inf: keep log P just below 0
+    logp_B = logp_B.clamp(max=-1e-7)
+    return logp_B - torch.log(-torch.expm1(logp_B))
+
+
+def orpo_loss(
+    chosen_logp_BT: torch.Tensor,
+    chosen_mask_BT: torch.Tensor,
+    rejected_logp_BT: torch.Tensor,
+    rejected_mask_BT: torch.Tensor,
+    norm_tokens: int,
+    num_pairs: int,
+    *,
+    lam: float = 0.1,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """ORPO (Hong et al. 2024, arXiv 2403.07691): NLL on the chosen completion plus an odds-ratio term, no reference.
+
+    log P(y) = mean_logprob (length-normalised); log odds(y) = log P - log(1 - P);
+    L_OR = -log sigmoid(log odds(y_w) - log odds(y_l));
+    loss = (1 / norm_tokens) sum chosen-token NLL + lam (1 / num_pairs) sum_pairs L_OR,
+    norm_tokens = chosen tokens and num_pairs = pairs of the whole batch (so micro-batch losses add up).
+    Metrics are sums over this micro-batch: nll, or_loss, log_odds_ratio, chosen_tokens.
+    """
+    chosen_mask_BT = chosen_mask_BT.to(chosen_logp_BT.dtype)
+    nll_sum = -(chosen_logp_BT * chosen_mask_BT).sum()
+    log_odds_ratio_B = _log_odds(mean_logprob(chosen_logp_BT, chosen_mask_BT)) - _log_odds(
+        mean_logprob(rejected_logp_BT, rejected_mask_BT)
+    )
+    or_loss_B = -F.logsigmoid(log_odds_ratio_B)
+    loss = nll_sum / max(norm_tokens, 1) + lam * or_loss_B.sum() / max(num_pairs, 1)
+    with torch.no_grad():
+        metrics = {
+            "nll": nll_sum.item(),
+            "or_loss": or_loss_B.sum().item(),
+            "log_odds_ratio": log_odds_ratio_B.sum().item(),
+            "chosen_tokens": chosen_mask_BT.sum().item(),
+        }
+    return loss, metrics
+
+
+@torch.no_grad()
+def gae(
+    rewards_BT: torch.Tensor,
+    values_BT: torch.Tensor,
+    mask_BT: torch.Tensor,
+    *,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016, arXiv 1506.02438); returns (advantages, returns).
+
+    delta_t = r_t + gamma V(t+1) - V(t); A_t = sum_l (gamma lam)^l delta_{t+l}; returns_t = A_t + V(t).
+    mask_BT is 1 on a prefix of each row (completion tokens up to and including EOS): the episode ends at the
+    last valid token, so V after it is 0 and nothing beyond it flows back. Masked positions get 0.
+    No gradient: these are regression targets and fixed weights for the policy loss.
+    """
+    mask_BT = mask_BT.to(values_BT.dtype)
+    rewards_BT = rewards_BT * mask_BT
+    values_BT = values_BT * mask_BT  # V = 0 past the last valid token: no bootstrap from padding
+    advantages_BT = torch.zeros_like(values_BT)
+    next_value_B = torch.zeros_like(values_BT[:, 0])
+    next_advantage_B = torch.zeros_like(values_BT[:, 0])
+    for t in reversed(range(values_BT.shape[1])):  # A_t = delta_t + gamma lam A_{t+1}
+        delta_B = rewards_BT[:, t] + gamma * next_value_B - values_BT[:, t]
+        next_advantage_B = (delta_B + gamma * lam * next_advantage_B) * mask_BT[:, t]
+        advantages_BT[:, t] = next_advantage_B
+        next_value_B = values_BT[:, t]
+    return advantages_BT, (advantages_BT + values_BT) * mask_BT
+
+
+def ppo_value_loss(
+    values_BT: torch.Tensor,
+    old_values_BT: torch.Tensor,
+    returns_BT: torch.Tensor,
+    mask_BT: torch.Tensor,
+    norm: BatchNorm,
+    *,
+    clip: float = 0.2,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Clipped value loss of PPO (Schulman et al. 2017; as in OpenAI baselines' ppo2), token mean over the batch.
+
+    per token: 0.5 max((V - R)^2, (clip(V, V_old - clip, V_old + clip) - R)^2); loss = sum m * that / num_tokens.
+    The clipped branch stops V moving more than `clip` from V_old in one rollout's updates.
+    Metric value_clipped_tokens: tokens where the clipped branch is the larger (its gradient is then 0).
+    """
+    mask_BT = mask_BT.to(values_BT.dtype)
+    clipped_values_BT = old_values_BT + torch.clamp(values_BT - old_values_BT, -clip, clip)
+    unclipped_BT = (values_BT - returns_BT) ** 2
+    clipped_BT = (clipped_values_BT - returns_BT) ** 2
+    loss = _token_mean(0.5 * torch.maximum(unclipped_BT, clipped_BT), mask_BT, norm)
+    with torch.no_grad():
+        metrics = {
+            "value_clipped_tokens": ((clipped_BT > unclipped_BT).to(mask_BT.dtype) * mask_BT).sum().item(),
+            "tokens": mask_BT.sum().item(),
+        }
+    return loss, metrics
