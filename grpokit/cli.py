@@ -37,11 +37,15 @@ def cmd_validate(args) -> int:
     from grpokit.trainer import prepare_inputs
 
     config = load_config(args.config, args.overrides)
-    inputs = prepare_inputs(config)  # raises with every bad row listed; loads no model
+    inputs = prepare_inputs(config)  # raises with every bad row listed; loads the tokenizer, never the model
     print(f"config OK: method {config.train.method}, model {config.model.path!r} (not loaded)")
-    print(f"train data OK: {len(inputs.train)} rows from {config.data.train}")
+    dropped = inputs.dropped
+    print(f"train data OK: {len(inputs.train)} rows from {config.data.train}"
+          + (f" ({dropped['train']} dropped by data.max_prompt_tokens)" if dropped["train"] else ""))
     if inputs.eval:
-        print(f"eval data OK: {len(inputs.eval)} rows from {config.data.eval}")
+        print(f"eval data OK: {len(inputs.eval)} rows from {config.data.eval}"
+              + (f" ({dropped['eval']} dropped by data.max_prompt_tokens)" if dropped["eval"] else ""))
+    print(f"prompts OK: rendered with the tokenizer of {config.model.path}; first one:\n{inputs.train_prompts[0]!r}")
     print("rewards OK: " + ", ".join(f"{c.name} (weight {c.weight:g}{', batched' if c.batched else ''})"
                                      for c in inputs.components))
     return 0

@@ -50,6 +50,8 @@ class DataConfig:
     prompt_template: str | None = option(None, "Python format string with {prompt}, used instead of the chat template.")
     max_train_examples: int | None = option(None, "Keep only the first N training rows.")
     max_eval_examples: int | None = option(None, "Keep only the first N eval rows.")
+    max_prompt_tokens: int | None = option(None, "Drop rows whose rendered prompt is longer than this many tokens "
+                                                 "(counted and reported; none left is an error).")
 
 
 @dataclass

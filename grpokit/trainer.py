@@ -33,11 +33,34 @@ from grpokit.sampler import sample
 
 @dataclass
 class Inputs:
-    """Everything checked before a model is loaded."""
+    """Everything checked before a model is loaded: rewards, rows, and prompts rendered as the model sees them."""
 
     components: list[RewardComponent]
     train: list[Example]
     eval: list[Example]
+    tokenizer: object
+    train_prompts: list[str]
+    eval_prompts: list[str]
+    dropped: dict[str, int]  # rows removed by data.max_prompt_tokens, per split
+
+
+def render_and_filter(examples: list[Example], tokenizer, config: Config, split: str
+                      ) -> tuple[list[Example], list[str], int]:
+    """Render every prompt (template errors surface here, before the model) and drop prompts
+    longer than data.max_prompt_tokens; an empty result is an error naming the filter."""
+    d = config.data
+    prompts = [render_prompt(ex.prompt, tokenizer, system_prompt=d.system_prompt, prompt_template=d.prompt_template)
+               for ex in examples]
+    if d.max_prompt_tokens is None or not examples:
+        return examples, prompts, 0
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    kept = [i for i, n in enumerate(lengths) if n <= d.max_prompt_tokens]
+    if not kept:
+        raise GrpokitError(
+            f"the {split} data is empty after filtering: all {len(examples)} prompts are longer than "
+            f"data.max_prompt_tokens={d.max_prompt_tokens} tokens (shortest {min(lengths)}, e.g. "
+            f"{examples[lengths.index(min(lengths))].source}). Raise data.max_prompt_tokens or shorten the prompts.")
+    return [examples[i] for i in kept], [prompts[i] for i in kept], len(examples) - len(kept)
 
 
 def set_seed(seed: int) -> None:
@@ -70,7 +93,12 @@ def prepare_inputs(config: Config) -> Inputs:
                 f"warmup.steps is {config.warmup.steps} but {len(missing)} training rows have no non-empty string "
                 f"'{field}' (the reference completion the SFT warm-up trains on), e.g. {', '.join(missing[:3])}. "
                 "Set warmup.completion_field to the right column, or warmup.steps=0.")
-    return Inputs(components, train, eval_)
+    # The tokenizer (not the model) is needed to render prompts exactly as the model will see them.
+    tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
+    train, train_prompts, dropped_train = render_and_filter(train, tokenizer, config, "training")
+    eval_, eval_prompts, dropped_eval = render_and_filter(eval_, tokenizer, config, "eval")
+    return Inputs(components, train, eval_, tokenizer, train_prompts, eval_prompts,
+                  {"train": dropped_train, "eval": dropped_eval})
 
 
 class Trainer:
@@ -83,14 +111,10 @@ class Trainer:
 
     def __init__(self, config: Config, inputs: Inputs, run: RunDir, resume_from: Path | None = None):
         self.config, self.inputs, self.run, self.resume_from = config, inputs, run, resume_from
-        self.tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
+        self.tokenizer = inputs.tokenizer
         self.model = load_model(config.model, path=str(resume_from) if resume_from else None, trainable=True)
         self.device = next(self.model.parameters()).device
-        d = config.data
-        render = lambda ex: render_prompt(ex.prompt, self.tokenizer, system_prompt=d.system_prompt,  # noqa: E731
-                                          prompt_template=d.prompt_template)
-        self.train_prompts = [render(ex) for ex in inputs.train]
-        self.eval_prompts = [render(ex) for ex in inputs.eval]
+        self.train_prompts, self.eval_prompts = inputs.train_prompts, inputs.eval_prompts
         self.summary: dict = {"run_dir": str(run.path), "method": config.train.method, "steps": config.train.steps}
         self.consecutive_skips = 0
         self.started = time.perf_counter()  # wall time counts from here, plus time before any resume
@@ -293,6 +317,10 @@ def train(config: Config, out_dir: str | None = None) -> dict:
     if out_dir:
         config.train.out_dir = out_dir
     inputs = prepare_inputs(config)  # before the model: bad input fails fast
+    for split, count in inputs.dropped.items():
+        if count:
+            print(f"grpokit: dropped {count} {split} rows whose prompt is longer than data.max_prompt_tokens="
+                  f"{config.data.max_prompt_tokens}.", file=sys.stderr)
     started = time.perf_counter()
     set_seed(config.train.seed)
     if config.train.threads:

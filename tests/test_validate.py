@@ -1,8 +1,9 @@
 """`grpokit validate` (and `train`, which runs the same checks first): every bad row is reported
 with its file, line and field, the exit code is non-zero, and no model is loaded.
 
-The model path points at a folder that does not exist, so any attempt to load it would fail
-with a model error instead of the data error asserted here.
+For bad rows the model path points at a folder that does not exist, so any attempt to load it
+would fail with a model error instead of the data error asserted here; loading the model is
+also patched to fail the test. Rendering prompts needs the tokenizer, which is allowed.
 """
 
 import re
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import grpokit.modeling
+import grpokit.trainer
 from grpokit.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,13 +24,13 @@ def _model_must_not_load(monkeypatch):
         raise AssertionError("validation loaded a model")
 
     monkeypatch.setattr(grpokit.modeling, "load_model", refuse)
-    monkeypatch.setattr(grpokit.modeling, "load_tokenizer", refuse)
+    monkeypatch.setattr(grpokit.trainer, "load_model", refuse)
 
 
-def _validate(tmp_path, capsys, data: bytes, *overrides):
+def _validate(tmp_path, capsys, data: bytes, *overrides, model="./no-such-model"):
     (tmp_path / "d.jsonl").write_bytes(data)
     config = tmp_path / "c.yaml"
-    config.write_text(f"model: {{path: ./no-such-model}}\ndata: {{train: {tmp_path / 'd.jsonl'}}}\n")
+    config.write_text(f"model: {{path: {model}}}\ndata: {{train: {tmp_path / 'd.jsonl'}}}\n")
     code = main(["validate", str(config), *overrides])
     return code, capsys.readouterr()
 
@@ -68,10 +70,31 @@ def test_warmup_without_reference_completions_is_reported(tmp_path, capsys):
     assert code == 2 and "completion" in out.err and "d.jsonl:1" in out.err
 
 
-def test_good_input_passes_and_says_what_it_checked(tmp_path, capsys):
-    code, out = _validate(tmp_path, capsys, b'{"prompt": "a", "answer": "1"}\n{"prompt": "b", "answer": 2}\n')
+def test_good_input_passes_and_says_what_it_checked(tmp_path, capsys, tiny_home):
+    code, out = _validate(tmp_path, capsys, b'{"prompt": "a", "answer": "1"}\n{"prompt": "b", "answer": 2}\n',
+                          model=tiny_home["model"])
     assert code == 0
     assert "train data OK: 2 rows" in out.out and "accuracy" in out.out
+    assert "'Q: a\\nA: '" in out.out  # the first prompt as the model will see it (tiny chat template)
+
+
+def test_prompt_filter_counts_what_it_drops(tmp_path, capsys, tiny_home):
+    rows = b'{"prompt": "a", "answer": "1"}\n{"prompt": "' + b"x" * 50 + b'", "answer": "2"}\n'
+    code, out = _validate(tmp_path, capsys, rows, "data.max_prompt_tokens=20", model=tiny_home["model"])
+    assert code == 0 and "train data OK: 1 rows from" in out.out and "1 dropped by data.max_prompt_tokens" in out.out
+
+
+def test_dataset_left_empty_after_filtering(tmp_path, capsys, tiny_home):
+    rows = b'{"prompt": "' + b"x" * 50 + b'", "answer": "1"}\n{"prompt": "' + b"y" * 60 + b'", "answer": "2"}\n'
+    code, out = _validate(tmp_path, capsys, rows, "data.max_prompt_tokens=20", model=tiny_home["model"])
+    assert code == 2
+    assert "empty after filtering" in out.err and "max_prompt_tokens=20" in out.err and "d.jsonl:1" in out.err
+
+
+def test_prompt_template_error_is_reported_before_the_model(tmp_path, capsys, tiny_home):
+    code, out = _validate(tmp_path, capsys, b'{"prompt": "a", "answer": "1"}\n', "data.prompt_template=Q: {question}",
+                          model=tiny_home["model"])
+    assert code == 2 and "{question}" in out.err
 
 
 def test_no_unsafe_deserialisation_in_the_package():
