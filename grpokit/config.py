@@ -75,6 +75,14 @@ class GRPOConfig:
 
 
 @dataclass
+class DPOConfig:
+    pairs_per_step: int = option(16, "Preference pairs per optimiser step.")
+    beta: float = option(0.1, "DPO temperature beta: how far from the reference the policy may move.")
+    chosen_field: str = option("chosen", "Column holding the preferred completion.")
+    rejected_field: str = option("rejected", "Column holding the dispreferred completion.")
+
+
+@dataclass
 class OptimConfig:
     lr: float = option(1e-5, "AdamW peak learning rate.")
     weight_decay: float = option(0.0, "AdamW weight decay.")
@@ -113,7 +121,7 @@ class VerifyConfig:
 
 @dataclass
 class TrainConfig:
-    method: str = option("grpo", "Update rule. Available: grpo.")
+    method: str = option("grpo", "Update rule: grpo (online, sampled and verified groups) or dpo (offline pairs).")
     steps: int = option(100, "Optimisation steps of the method.")
     seed: int = option(0, "Seed for python, numpy and torch.")
     out_dir: str = option("runs/latest", "Run folder: config, metrics, rollouts, checkpoints, plots, summary.")
@@ -138,6 +146,7 @@ class Config:
     )
     sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"help": "Sampling."})
     grpo: GRPOConfig = field(default_factory=GRPOConfig, metadata={"help": "GRPO update rule."})
+    dpo: DPOConfig = field(default_factory=DPOConfig, metadata={"help": "DPO update rule (offline pairs)."})
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "Optimiser."})
     warmup: WarmupConfig = field(default_factory=WarmupConfig, metadata={"help": "SFT warm-up."})
     verify: VerifyConfig = field(default_factory=VerifyConfig, metadata={"help": "How rewards are run."})
@@ -152,11 +161,11 @@ CHOICES = {
     "grpo.aggregation": ("sequence", "token", "constant"),
     "optim.schedule": ("constant", "linear", "cosine"),
     "warmup.schedule": ("constant", "linear", "cosine"),
-    "train.method": ("grpo",),
+    "train.method": ("grpo", "dpo"),
 }
 POSITIVE = ("train.max_consecutive_skips",
             "sampling.group_size", "sampling.max_new_tokens", "grpo.prompts_per_step", "grpo.num_iterations",
-            "optim.micro_batch_size", "warmup.batch_size", "eval.batch_size")
+            "optim.micro_batch_size", "dpo.pairs_per_step", "warmup.batch_size", "eval.batch_size")
 
 
 # ---------------------------------------------------------------------------- walking the tree

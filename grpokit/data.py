@@ -650,3 +650,28 @@ def _fill_template(template: str, prompt: str) -> str:
             f"{found}; write {{{{ and }}}} for literal braces."
         )
     return template.format(prompt=prompt)
+
+
+def check_pairs(examples: list[Example], chosen_field: str = "chosen", rejected_field: str = "rejected") -> None:
+    """Preference rows need a non-empty string `chosen` and `rejected` that differ.
+
+    A pair whose two sides are equal teaches nothing and, in DPO, contributes a constant loss:
+    almost always a data bug. Every bad row is reported at once, like `load_examples` does.
+    """
+    problems = _Problems()
+    for ex in examples:
+        values = {}
+        for field in (chosen_field, rejected_field):
+            value = ex.fields.get(field)
+            if field not in ex.fields:
+                problems.add(ex.source, f"missing field '{field}' (a preference pair needs '{chosen_field}' and "
+                                        f"'{rejected_field}')")
+            elif not isinstance(value, str):
+                problems.add(ex.source, f"field '{field}' should be a string, found {_describe(value)}")
+            elif not value.strip():
+                problems.add(ex.source, f"field '{field}' is empty")
+            else:
+                values[field] = value
+        if len(values) == 2 and values[chosen_field].strip() == values[rejected_field].strip():
+            problems.add(ex.source, f"'{chosen_field}' and '{rejected_field}' are the same text; a pair must differ")
+    problems.raise_if_any("preference data")

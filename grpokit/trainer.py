@@ -18,9 +18,10 @@ import torch
 
 from grpokit.checkpoint import find_resumable, load_checkpoint, save_checkpoint
 from grpokit.config import Config
-from grpokit.data import Example, load_examples, render_prompt
+from grpokit.data import Example, check_pairs, load_examples, render_prompt
 from grpokit.errors import GrpokitError
 from grpokit.evaluation import evaluate
+from grpokit.methods.dpo import dpo_update
 from grpokit.methods.grpo import compute_advantages, grpo_update
 from grpokit.methods.sft import batch_indices, sft_step
 from grpokit.modeling import autocast, load_model, load_tokenizer
@@ -78,8 +79,13 @@ def prepare_inputs(config: Config) -> Inputs:
     d = config.data
     if not d.train:
         raise GrpokitError("no training data given: set data.train (a .jsonl/.parquet/.csv file or a folder).")
+    # What each method needs of a training row: grpo verifies answers; dpo learns from given pairs.
+    is_pairs = config.train.method == "dpo"
     train = load_examples(d.train, split=d.train_split, prompt_field=d.prompt_field, answer_field=d.answer_field,
-                          dataset_format=d.dataset_format, max_examples=d.max_train_examples)
+                          dataset_format=d.dataset_format, max_examples=d.max_train_examples,
+                          require_answer=not is_pairs)
+    if is_pairs:
+        check_pairs(train, config.dpo.chosen_field, config.dpo.rejected_field)
     eval_ = []
     if d.eval:
         eval_ = load_examples(d.eval, split=d.eval_split, prompt_field=d.prompt_field,
@@ -154,20 +160,29 @@ class Trainer:
             self.run.log_metrics({"step": i + 1, "phase": "warmup", **metrics})
 
     # ------------------------------------------------------------------ the method
-    def train_grpo(self) -> None:
+    def method_plan(self) -> tuple[bool, int, int, object]:
+        """(needs a reference model, rows per step, optimiser steps per step, step function)."""
         c = self.config
+        plans = {
+            "grpo": lambda: (c.grpo.beta != 0.0, c.grpo.prompts_per_step, c.grpo.num_iterations, self.grpo_step),
+            "dpo": lambda: (True, c.dpo.pairs_per_step, 1, self.dpo_step),
+        }
+        return plans[c.train.method]()
+
+    def train_method(self) -> None:
+        c = self.config
+        needs_reference, rows_per_step, updates_per_step, step_fn = self.method_plan()
         reference_dir = self.run.path / "reference"
         ref_model = None
-        if c.grpo.beta != 0.0:  # the reference is the policy as GRPO starts (after any warm-up)
+        if needs_reference:  # the reference is the policy as the method starts (after any warm-up)
             if self.resume_from is None:
                 self.model.save_pretrained(reference_dir)
             ref_model = load_model(c.model, path=str(reference_dir)).eval().requires_grad_(False)
         optimizer = build_optimizer(self.model, c.optim)
-        scheduler = build_scheduler(optimizer, c.train.steps * c.grpo.num_iterations,
+        scheduler = build_scheduler(optimizer, c.train.steps * updates_per_step,
                                     warmup_steps=c.optim.warmup_steps, schedule=c.optim.schedule)
-        # Data order depends only on the seed (its own generator), so a resumed run sees the same prompts.
-        batches = batch_indices(len(self.train_prompts), c.grpo.prompts_per_step, c.train.steps,
-                                random.Random(c.train.seed + 1))
+        # Data order depends only on the seed (its own generator), so a resumed run sees the same rows.
+        batches = batch_indices(len(self.train_prompts), rows_per_step, c.train.steps, random.Random(c.train.seed + 1))
         first_step, elapsed = 1, 0.0
         if self.resume_from is not None:
             state = load_checkpoint(self.resume_from, optimizer)  # restores RNGs last, after model loading
@@ -177,9 +192,9 @@ class Trainer:
         start = time.perf_counter() - elapsed
         bar = _progress(c.train.steps, c.train.progress, initial=first_step - 1)
         for step in range(first_step, c.train.steps + 1):
-            row = self.grpo_step(step, batches[step - 1], optimizer, scheduler, ref_model)
+            row = step_fn(step, batches[step - 1], optimizer, scheduler, ref_model)
             bar.update(1)
-            bar.set_postfix(reward=f"{row['reward']:.2f}", acc=f"{row.get('accuracy') or 0:.2f}")
+            bar.set_postfix({k: f"{row[k]:.2f}" for k in ("reward", "accuracy", "loss") if row.get(k) is not None})
             if c.eval.every and step % c.eval.every == 0 and step != c.train.steps:
                 self.evaluate(step, "eval")
             if c.train.save_every and step % c.train.save_every == 0:
@@ -245,6 +260,22 @@ class Trainer:
             ])
         return row
 
+    def dpo_step(self, step: int, rows: list[int], optimizer, scheduler, ref_model) -> dict:
+        c, d = self.config, self.config.dpo
+        examples = [self.inputs.train[r] for r in rows]
+        t0 = time.perf_counter()
+        self.model.train()
+        lr = scheduler.get_last_lr()[0]
+        update = dpo_update(self.model, ref_model, self.tokenizer, optimizer, scheduler,
+                            [self.train_prompts[r] for r in rows], [ex.fields[d.chosen_field] for ex in examples],
+                            [ex.fields[d.rejected_field] for ex in examples], beta=d.beta,
+                            micro_batch_size=c.optim.micro_batch_size, max_grad_norm=c.optim.max_grad_norm)
+        self._guard(step, update)
+        row = {"step": step, "phase": "train", **update, "lr": lr, "time_training": time.perf_counter() - t0,
+               "peak_memory_mb": peak_memory_mb(self.device)}
+        self.run.log_metrics(row)
+        return row
+
     def _guard(self, step: int, update: dict) -> None:
         """Count optimiser steps skipped for non-finite values; stop after too many in a row."""
         skipped, trailing = update["skipped_updates"], update["trailing_skips"]
@@ -298,7 +329,7 @@ class Trainer:
                 self.warmup()
                 self.summary["warmup_seconds"] = time.perf_counter() - t
             self.summary["eval_before"] = self.evaluate(0, "before")
-        self.train_grpo()
+        self.train_method()
         self.summary["eval_after"] = self.evaluate(c.train.steps, "after")
         self.summary["model_dir"] = str(self.save(self.run.path / "final"))
         self.summary["plot"] = str(plot_training(self.run.path))
@@ -309,7 +340,7 @@ class Trainer:
 def _progress(total: int, enabled: bool, initial: int = 0):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc="grpo", disable=not enabled, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc="train", disable=not enabled, dynamic_ncols=True)
 
 
 def train(config: Config, out_dir: str | None = None) -> dict:
