@@ -72,6 +72,8 @@ class GRPOConfig:
     clip_high: float = option(0.2, "Upper clip range: ratio <= 1 + clip_high (0.28 for DAPO clip-higher).")
     aggregation: str = option("token", "Token loss averaging: sequence (GRPO), token (DAPO), constant (Dr. GRPO).")
     num_iterations: int = option(1, "Updates per rollout; > 1 reuses the stored old log-probs for the ratio.")
+    skip_zero_advantage: bool = option(True, "With beta = 0, skip the forward/backward of completions whose "
+                                             "advantage is exactly 0 (same update, less compute).")
 
 
 @dataclass

@@ -55,3 +55,41 @@ def test_one_batch_of_8_equals_8_micro_batches_of_1(tiny_model_and_tokenizer, ro
     assert m_whole["tokens_backpropagated"] == m_pieces["tokens_backpropagated"]
     # and the update did move the parameters (so the comparison above is not vacuous)
     assert any((a - b).abs().max() > 1e-4 for a, b in zip(whole.parameters(), model.parameters()))
+
+
+def _step(model, rollout, advantages, optimizer, overrides):
+    config = load_config(None, ["optim.max_grad_norm=0", "sampling.max_new_tokens=10", *overrides])
+    return grpo_update(model, optimizer, None, rollout, advantages, config)
+
+
+@pytest.mark.parametrize("aggregation", ["token", "sequence", "constant"])
+def test_skipping_zero_advantage_samples_gives_the_same_update(tiny_model_and_tokenizer, rollout, aggregation):
+    model, _ = tiny_model_and_tokenizer
+    advantages = torch.tensor([1.0, -1.0, 0.5, -0.5, 0.0, 0.0, 0.0, 0.0])  # the second group is all-equal
+    results = {}
+    for skip in (True, False):
+        copy_ = copy.deepcopy(model)
+        metrics = _step(copy_, rollout, advantages, torch.optim.SGD(copy_.parameters(), lr=1.0),
+                        [f"grpo.aggregation={aggregation}", f"grpo.skip_zero_advantage={skip}"])
+        results[skip] = (copy_, metrics)
+    for a, b in zip(results[True][0].parameters(), results[False][0].parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    lengths = rollout.completion_lengths_B
+    assert results[True][1]["tokens_backpropagated"] == int(lengths[:4].sum())  # only the first group
+    assert results[False][1]["tokens_backpropagated"] == int(lengths.sum())
+
+
+def test_a_step_where_every_sample_is_skipped_still_moves_adam_like_zero_gradients(tiny_model_and_tokenizer, rollout):
+    model, _ = tiny_model_and_tokenizer
+    finals = []
+    for skip in (True, False):
+        m = copy.deepcopy(model)
+        optimizer = torch.optim.AdamW(m.parameters(), lr=0.01)
+        overrides = [f"grpo.skip_zero_advantage={skip}"]
+        # no zero advantage in step 1, so both runs compute it identically (Adam magnifies float noise)
+        _step(m, rollout, torch.tensor([1.0, -1.0, 0.5, -0.5, 1.0, -1.0, 0.25, -0.25]), optimizer, overrides)
+        _step(m, rollout, torch.zeros(8), optimizer, overrides)  # momentum still moves the weights
+        finals.append(m)
+    for a, b, start in zip(*(f.parameters() for f in finals), model.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert any(not torch.equal(a, start) for a, start in zip(finals[0].parameters(), model.parameters()))

@@ -43,7 +43,14 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
     mask_BC = tokens.completion_mask_BC
     norm = BatchNorm(num_sequences=len(tokens), num_tokens=int(mask_BC.sum()),
                      max_len=config.sampling.max_new_tokens)
-    chunks = micro_batches(len(tokens), config.optim.micro_batch_size, rollout.completion_lengths_B)
+    # With beta = 0 a completion whose advantage is exactly 0 (every member of an all-equal group)
+    # has zero loss and zero gradient: leave it out of the forward and backward passes. The
+    # normalisers above still count it, so the update is the same (tested to 1e-6).
+    skip_zero = cfg.skip_zero_advantage and cfg.beta == 0.0
+    active = [i for i in range(len(tokens)) if not (skip_zero and advantages_B[i].item() == 0.0)]
+    lengths_B = rollout.completion_lengths_B[active] if active else None
+    chunks = [[active[j] for j in chunk] for chunk in micro_batches(len(active), config.optim.micro_batch_size,
+                                                                    lengths_B)]
 
     ref_logps = [None] * len(chunks)
     if cfg.beta != 0.0:
@@ -70,6 +77,10 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
             iteration_loss += loss.item()
             for key in ("clipped_tokens", "kl_sum", "tokens"):
                 totals[key] += metrics[key]
+        if not chunks:  # every sample skipped: step on zero gradients, exactly as if they had been computed
+            for param in model.parameters():
+                if param.requires_grad:
+                    param.grad = torch.zeros_like(param)
         grad_norm, stepped = optimizer_step(model, optimizer, scheduler, config.optim.max_grad_norm,
                                             loss_is_finite=math.isfinite(iteration_loss))
         skipped += not stepped
