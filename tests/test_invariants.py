@@ -90,6 +90,6 @@ def test_a_step_where_every_sample_is_skipped_still_moves_adam_like_zero_gradien
         _step(m, rollout, torch.tensor([1.0, -1.0, 0.5, -0.5, 1.0, -1.0, 0.25, -0.25]), optimizer, overrides)
         _step(m, rollout, torch.zeros(8), optimizer, overrides)  # momentum still moves the weights
         finals.append(m)
-    for a, b, start in zip(*(f.parameters() for f in finals), model.parameters()):
+    for a, b in zip(*(f.parameters() for f in finals)):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     assert any(not torch.equal(a, start) for a, start in zip(finals[0].parameters(), model.parameters()))
