@@ -58,3 +58,15 @@ def test_builder_is_deterministic():
     a, b = build_model(tok, size="test", seed=0), build_model(tok, size="test", seed=0)
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
     assert sum(p.numel() for p in a.parameters()) < 100_000
+
+
+def test_ensure_tiny_rebuilds_data_of_another_version_or_setting(tmp_path):
+    from grpokit.tiny import ensure_tiny
+
+    paths = ensure_tiny(tmp_path, size="test", carry_slip=0.0)
+    clean = paths["train"].read_text()
+    assert clean == ensure_tiny(tmp_path, size="test", carry_slip=0.0)["train"].read_text()
+    assert ensure_tiny(tmp_path, size="test", carry_slip=0.6)["train"].read_text() != clean
+    (tmp_path / "data" / "task.json").write_text('{"task_version": 1, "carry_slip": 0.6}')  # an older build
+    assert ensure_tiny(tmp_path, size="test", carry_slip=0.6)["train"].read_text() != clean
+    assert '"task_version": 2' in (tmp_path / "data" / "task.json").read_text()
