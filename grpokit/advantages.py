@@ -42,7 +42,9 @@ def group_advantages(
     advantages_NG = rewards_NG - BASELINES[baseline](rewards_NG)
     if scale_by_std:
         advantages_NG = advantages_NG / (rewards_NG.std(dim=1, keepdim=True) + eps)
-    return advantages_NG
+    # An all-equal group carries no signal, but its float mean need not equal its members
+    # (8 x 0.1 sums to 0.8000001): r - mean would be ~1e-8, scaled by 1/eps into noise of ~1e-4.
+    return torch.where(zero_variance_groups(rewards_NG)[:, None], 0.0, advantages_NG)
 
 
 def zero_variance_groups(rewards_NG: torch.Tensor) -> torch.Tensor:

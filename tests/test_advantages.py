@@ -41,6 +41,15 @@ def test_all_equal_group_has_exactly_zero_advantage_and_is_counted():
     assert zero_variance_groups(rewards).tolist() == [True, False, True]
 
 
+def test_all_equal_group_is_exactly_zero_even_when_its_float_mean_is_not_exact():
+    rewards = torch.full((1, 8), 0.1)
+    assert rewards.mean().item() != 0.1  # float32: the mean of eight 0.1s is not 0.1
+    for baseline in ("mean", "leave_one_out"):
+        for scale in (True, False):
+            adv = group_advantages(rewards, baseline=baseline, scale_by_std=scale)
+            assert torch.equal(adv, torch.zeros(1, 8)), (baseline, scale)
+
+
 def test_group_of_one_is_refused():
     with pytest.raises(ValueError):
         group_advantages(torch.tensor([[1.0]]))
