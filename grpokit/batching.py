@@ -6,6 +6,7 @@ Both the sampler and the supervised methods produce this layout, so one log-prob
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import torch
@@ -43,12 +44,17 @@ class TokenBatch:
                                                     self.completion_ids_BC, self.completion_mask_BC)))
 
 
+def pad_id(tokenizer) -> int:
+    """The id that fills padding; EOS when the tokenizer has no pad (masks are positional, so this is safe)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def encode_prompts(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad prompts (generation appends on the right, so real tokens must end aligned)."""
     # Chat templates already contain any BOS they need; adding special tokens again would double it.
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     width = max(len(ids) for ids in encoded)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     ids_BP = torch.full((len(encoded), width), pad, dtype=torch.long)
     mask_BP = torch.zeros((len(encoded), width), dtype=torch.long)
     for i, ids in enumerate(encoded):
@@ -76,3 +82,17 @@ def micro_batches(num_rows: int, size: int, lengths_B: torch.Tensor | None = Non
     go together, so little compute is spent on padding."""
     order = list(range(num_rows)) if lengths_B is None else torch.argsort(lengths_B, stable=True).tolist()
     return [order[i: i + size] for i in range(0, num_rows, size)]
+
+
+def batch_indices(num_rows: int, batch_size: int, steps: int, rng: random.Random) -> list[list[int]]:
+    """`steps` batches drawn epoch by epoch from a seeded shuffle (no row repeats within an epoch)."""
+    order: list[int] = []
+    batches = []
+    for _ in range(steps):
+        while len(order) < batch_size:
+            fresh = list(range(num_rows))
+            rng.shuffle(fresh)
+            order += fresh
+        batches.append(order[:batch_size])
+        order = order[batch_size:]
+    return batches

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from grpokit.batching import TokenBatch, encode_prompts
+from grpokit.batching import TokenBatch, encode_prompts, pad_id
 
 
 @dataclass
@@ -112,7 +112,7 @@ def sample(
         repetition_penalty=1.0,  # explicit, so a model's own generation_config cannot add one
         max_new_tokens=max_new_tokens,
         eos_token_id=stop_ids,
-        pad_token_id=prompt_ids_BP[0, 0].item() if tokenizer.pad_token_id is None else tokenizer.pad_token_id,
+        pad_token_id=pad_id(tokenizer),
         use_cache=True,
     )
     recorder = _LogprobRecorder(temperature=1.0 if greedy else temperature)

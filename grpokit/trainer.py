@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from grpokit.batching import batch_indices
 from grpokit.checkpoint import find_resumable, load_checkpoint, save_checkpoint
 from grpokit.config import Config
 from grpokit.data import Example, check_pairs, load_examples, render_prompt
@@ -23,7 +24,7 @@ from grpokit.errors import GrpokitError
 from grpokit.evaluation import evaluate
 from grpokit.methods.dpo import dpo_update
 from grpokit.methods.grpo import compute_advantages, grpo_update
-from grpokit.methods.sft import batch_indices, sft_step
+from grpokit.methods.sft import sft_step
 from grpokit.modeling import autocast, load_model, load_tokenizer
 from grpokit.optim import build_optimizer, build_scheduler
 from grpokit.plots import plot_training

@@ -6,7 +6,6 @@ Loss on completion tokens only, EOS included, so the model learns where to stop.
 from __future__ import annotations
 
 import math
-import random
 
 from grpokit.batching import encode_pairs, micro_batches
 from grpokit.logprobs import completion_logprobs
@@ -30,17 +29,3 @@ def sft_step(model, tokenizer, optimizer, prompts: list[str], completions: list[
         total += loss.item()
     grad_norm, stepped = optimizer_step(model, optimizer, scheduler, max_grad_norm, math.isfinite(total))
     return {"loss": total, "grad_norm": grad_norm, "tokens_backpropagated": norm.num_tokens, "skipped": not stepped}
-
-
-def batch_indices(num_rows: int, batch_size: int, steps: int, rng: random.Random) -> list[list[int]]:
-    """`steps` batches drawn epoch by epoch from a seeded shuffle (no row repeats within an epoch)."""
-    order: list[int] = []
-    batches = []
-    for _ in range(steps):
-        while len(order) < batch_size:
-            fresh = list(range(num_rows))
-            rng.shuffle(fresh)
-            order += fresh
-        batches.append(order[:batch_size])
-        order = order[batch_size:]
-    return batches
