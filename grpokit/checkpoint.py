@@ -75,8 +75,10 @@ def set_rng_state(json_part: dict, tensors: dict) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def save_checkpoint(root: Path, step: int, *, model, tokenizer, optimizer, state: dict, keep: int) -> Path:
-    """Atomically write checkpoints/step_{step} and point `latest` at it; keep the newest `keep`."""
+def save_checkpoint(root: Path, step: int, *, model, tokenizer, optimizer, state: dict, keep: int,
+                    save_extra=None) -> Path:
+    """Atomically write checkpoints/step_{step} and point `latest` at it; keep the newest `keep`.
+    `save_extra(folder)` writes a method's further state (PPO's value model) into the same folder."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step}"
     tmp = root / f".tmp_step_{step}"
@@ -84,6 +86,8 @@ def save_checkpoint(root: Path, step: int, *, model, tokenizer, optimizer, state
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if save_extra is not None:
+        save_extra(tmp)
     rng_json, rng_tensors = rng_state()
     torch.save(rng_tensors, tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps({**state, "step": step, "rng": rng_json}), encoding="utf-8")

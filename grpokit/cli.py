@@ -175,6 +175,32 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from grpokit.compare import compare
+    from grpokit.tiny import DEMO_CONFIG, ensure_tiny
+
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    overrides = list(args.overrides)
+    if args.config is None:  # the embedded task: build it if missing, run the demo config
+        paths = ensure_tiny(args.home)
+        overrides = [f"model.path={paths['model']}", f"data.train={paths['train']}", f"data.eval={paths['eval']}",
+                     *overrides]
+    summary = compare(args.config or str(DEMO_CONFIG), overrides, args.out, methods=methods,
+                      progress=args.progress)
+    print((Path(args.out) / "table.md").read_text(encoding="utf-8"))
+    print(f"table: {summary['table']}\nplots: {', '.join(summary['plots'])}\nrun folders: {args.out}/<method>")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from grpokit.explain import run
+
+    if not args.lr > 0:
+        raise GrpokitError(f"--lr must be a positive number, got {args.lr}.")
+    print(run(lr=args.lr, plot_path=args.plot))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grpokit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -198,6 +224,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     p.add_argument("--home", default=DEMO_HOME, help=f"where the tiny model and data live (default {DEMO_HOME})")
     p.set_defaults(func=cmd_demo)
+
+    from grpokit.compare import DEFAULT_METHODS
+
+    p = sub.add_parser("compare", help="run several methods from the same warm-up; table and accuracy plots")
+    p.add_argument("overrides", nargs="*", help=overrides_help + " (applied to every method)")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma-separated online methods (default {','.join(DEFAULT_METHODS)})")
+    p.add_argument("--config", help="YAML config of the task (default: the embedded tiny task, grpokit demo's config)")
+    p.add_argument("--out", default="runs/compare", help="folder for the table, plots and runs (default runs/compare)")
+    p.add_argument("--home", default=DEMO_HOME, help=f"where the tiny model and data live (default {DEMO_HOME})")
+    p.add_argument("--progress", action="store_true", help="show each run's progress bar in its log")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("explain", help="how SFT, ORPO, DPO and GRPO move probabilities, on a 3-answer toy policy")
+    p.add_argument("--lr", type=float, default=1.0, help="SGD learning rate of the one step (default 1.0)")
+    p.add_argument("--plot", help="also write a bar chart PNG here")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("eval", help="held-out accuracy, format rate, pass@k and maj@k of a model")
     p.add_argument("model", help="model folder (or hub name)")

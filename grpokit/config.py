@@ -56,6 +56,8 @@ class DataConfig:
 
 @dataclass
 class SamplingConfig:
+    prompts_per_step: int = option(16, "Prompts per step of an online method; the batch is prompts_per_step x "
+                                       "group_size completions.")
     group_size: int = option(8, "G: completions sampled per prompt.")
     max_new_tokens: int = option(64, "Longest completion; longer ones are cut and counted as truncated.")
     temperature: float = option(1.0, "Sampling temperature (> 0); the trainer's log-probs use the same value.")
@@ -63,9 +65,9 @@ class SamplingConfig:
 
 @dataclass
 class GRPOConfig:
-    prompts_per_step: int = option(16, "Prompts per step; the batch is prompts_per_step x group_size completions.")
-    baseline: str = option("mean", "Advantage baseline: mean (GRPO) or leave_one_out (RLOO).")
-    scale_by_std: bool = option(True, "Divide advantages by the group std (GRPO); false for Dr. GRPO / RLOO.")
+    baseline: str = option("mean", "Advantage baseline: mean (GRPO) or leave_one_out. Method rloo always uses "
+                                   "leave_one_out without std scaling.")
+    scale_by_std: bool = option(True, "Divide advantages by the group std (GRPO); false for Dr. GRPO.")
     std_eps: float = option(1e-4, "Epsilon added to the group std.")
     beta: float = option(0.0, "Weight of the k3 KL to the reference model; the reference is loaded only if > 0.")
     clip_low: float = option(0.2, "Lower clip range: ratio >= 1 - clip_low.")
@@ -77,11 +79,47 @@ class GRPOConfig:
 
 
 @dataclass
+class OnlineConfig:
+    pass_reward: str = option("accuracy", "Reward component (its name or alias) that decides whether a sampled "
+                                          "completion passed verification (rft, online_dpo, online_orpo); "
+                                          "'total' uses the weighted sum.")
+    pass_threshold: float = option(1.0, "A completion passes when that reward is at least this.")
+    pair_rule: str = option("random", "How online_dpo/online_orpo pair a passing with a failing completion of the "
+                                      "same prompt: random (uniform, distinct texts) or reward_gap (highest-reward "
+                                      "passing with lowest-reward failing).")
+    pairs_per_prompt: int = option(1, "Most pairs built from one prompt's group (each completion used once).")
+
+
+@dataclass
+class OfflineConfig:
+    batch_size: int = option(16, "Rows (completions or pairs) per optimiser step of sft, dpo, orpo.")
+    completion_field: str = option("completion", "Column with the target completion for sft (a messages row's "
+                                                 "final assistant message lands here).")
+    chosen_field: str = option("chosen", "Column holding the preferred completion (dpo, orpo).")
+    rejected_field: str = option("rejected", "Column holding the dispreferred completion (dpo, orpo).")
+
+
+@dataclass
 class DPOConfig:
-    pairs_per_step: int = option(16, "Preference pairs per optimiser step.")
-    beta: float = option(0.1, "DPO temperature beta: how far from the reference the policy may move.")
-    chosen_field: str = option("chosen", "Column holding the preferred completion.")
-    rejected_field: str = option("rejected", "Column holding the dispreferred completion.")
+    beta: float = option(0.1, "DPO temperature beta (dpo, online_dpo): how far from the reference the policy may "
+                              "move.")
+
+
+@dataclass
+class ORPOConfig:
+    lam: float = option(0.1, "ORPO lambda (orpo, online_orpo): weight of the odds-ratio term next to the NLL.")
+
+
+@dataclass
+class PPOConfig:
+    clip: float = option(0.2, "Policy ratio clip range epsilon.")
+    value_clip: float = option(0.2, "Value clip range: V may move at most this far from V_old per rollout.")
+    gamma: float = option(1.0, "GAE discount (1: the verified reward at the end counts fully for every token).")
+    lam: float = option(0.95, "GAE lambda.")
+    kl_coef: float = option(0.05, "Per-token KL penalty to the reference folded into the reward (0: no reference).")
+    value_lr: float = option(1e-3, "AdamW learning rate of the value model.")
+    epochs: int = option(1, "Optimiser steps per rollout for policy and value model (each on the whole batch).")
+    whiten_advantages: bool = option(True, "Normalise advantages to mean 0, std 1 over the batch's tokens.")
 
 
 @dataclass
@@ -123,7 +161,8 @@ class VerifyConfig:
 
 @dataclass
 class TrainConfig:
-    method: str = option("grpo", "Update rule: grpo (online, sampled and verified groups) or dpo (offline pairs).")
+    method: str = option("grpo", "Update rule. Online (sample and verify each step): grpo, rloo, rft, online_dpo, "
+                                 "online_orpo, ppo. Offline (fixed data): sft, dpo, orpo.")
     steps: int = option(100, "Optimisation steps of the method.")
     seed: int = option(0, "Seed for python, numpy and torch.")
     out_dir: str = option("runs/latest", "Run folder: config, metrics, rollouts, checkpoints, plots, summary.")
@@ -148,7 +187,12 @@ class Config:
     )
     sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"help": "Sampling."})
     grpo: GRPOConfig = field(default_factory=GRPOConfig, metadata={"help": "GRPO update rule."})
-    dpo: DPOConfig = field(default_factory=DPOConfig, metadata={"help": "DPO update rule (offline pairs)."})
+    online: OnlineConfig = field(default_factory=OnlineConfig,
+                                 metadata={"help": "Verified groups -> SFT targets or preference pairs."})
+    offline: OfflineConfig = field(default_factory=OfflineConfig, metadata={"help": "Offline methods' data."})
+    dpo: DPOConfig = field(default_factory=DPOConfig, metadata={"help": "DPO loss (dpo, online_dpo)."})
+    orpo: ORPOConfig = field(default_factory=ORPOConfig, metadata={"help": "ORPO loss (orpo, online_orpo)."})
+    ppo: PPOConfig = field(default_factory=PPOConfig, metadata={"help": "PPO with a value model."})
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "Optimiser."})
     warmup: WarmupConfig = field(default_factory=WarmupConfig, metadata={"help": "SFT warm-up."})
     verify: VerifyConfig = field(default_factory=VerifyConfig, metadata={"help": "How rewards are run."})
@@ -163,11 +207,13 @@ CHOICES = {
     "grpo.aggregation": ("sequence", "token", "constant"),
     "optim.schedule": ("constant", "linear", "cosine"),
     "warmup.schedule": ("constant", "linear", "cosine"),
-    "train.method": ("grpo", "dpo"),
+    "online.pair_rule": ("random", "reward_gap"),
+    "train.method": ("grpo", "rloo", "rft", "online_dpo", "online_orpo", "ppo", "sft", "dpo", "orpo"),
 }
 POSITIVE = ("train.max_consecutive_skips",
-            "sampling.group_size", "sampling.max_new_tokens", "grpo.prompts_per_step", "grpo.num_iterations",
-            "optim.micro_batch_size", "dpo.pairs_per_step", "warmup.batch_size", "eval.batch_size")
+            "sampling.group_size", "sampling.max_new_tokens", "sampling.prompts_per_step", "grpo.num_iterations",
+            "optim.micro_batch_size", "offline.batch_size", "online.pairs_per_prompt", "ppo.epochs",
+            "warmup.batch_size", "eval.batch_size")
 
 
 # ---------------------------------------------------------------------------- walking the tree
@@ -253,12 +299,18 @@ def _validate(config: Config) -> None:
             raise GrpokitError(f"config key '{key}' must be at least 1.")
     if not config.sampling.temperature > 0 or not math.isfinite(config.sampling.temperature):
         raise GrpokitError("config key 'sampling.temperature' must be a positive number for training.")
-    if config.sampling.group_size < 2 and config.train.method == "grpo":
-        raise GrpokitError("config key 'sampling.group_size' must be at least 2 for grpo (the baseline is the group).")
+    if config.sampling.group_size < 2 and config.train.method in ("grpo", "rloo", "online_dpo", "online_orpo"):
+        raise GrpokitError(f"config key 'sampling.group_size' must be at least 2 for {config.train.method} "
+                           "(it compares completions within a group).")
     if not 0.0 <= config.verify.max_error_rate <= 1.0:
         raise GrpokitError("config key 'verify.max_error_rate' must be between 0 and 1.")
-    if config.grpo.beta < 0 or config.grpo.clip_low < 0 or config.grpo.clip_high < 0:
-        raise GrpokitError("config keys 'grpo.beta', 'grpo.clip_low' and 'grpo.clip_high' must not be negative.")
+    for key in ("grpo.beta", "grpo.clip_low", "grpo.clip_high", "dpo.beta", "orpo.lam", "ppo.clip", "ppo.value_clip",
+                "ppo.kl_coef", "ppo.value_lr"):
+        section, name = key.split(".")
+        if getattr(getattr(config, section), name) < 0:
+            raise GrpokitError(f"config key '{key}' must not be negative.")
+    if not (0.0 <= config.ppo.gamma <= 1.0 and 0.0 <= config.ppo.lam <= 1.0):
+        raise GrpokitError("config keys 'ppo.gamma' and 'ppo.lam' must be between 0 and 1.")
     if not isinstance(config.rewards, list) or not config.rewards:
         raise GrpokitError("config key 'rewards' must be a non-empty list of reward components.")
 

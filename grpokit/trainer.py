@@ -16,21 +16,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from grpokit.advantages import zero_variance_groups
 from grpokit.batching import batch_indices
 from grpokit.checkpoint import find_resumable, load_checkpoint, save_checkpoint
 from grpokit.config import Config
 from grpokit.data import Example, check_pairs, load_examples, render_prompt
 from grpokit.errors import GrpokitError
 from grpokit.evaluation import evaluate
-from grpokit.methods.dpo import dpo_update
-from grpokit.methods.grpo import compute_advantages, grpo_update
+from grpokit.methods import METHODS, ONLINE, PAIR_DATA, Method, ScoredGroups
 from grpokit.methods.sft import sft_step
+from grpokit.methods.verified import check_pass_reward, passed
 from grpokit.modeling import autocast, load_model, load_tokenizer
 from grpokit.optim import build_optimizer, build_scheduler
 from grpokit.plots import plot_training
 from grpokit.rewards import BUILTIN_REWARDS, RewardComponent, build_reward_components, check_error_rate, make_scorer
 from grpokit.run_dir import RunDir, peak_memory_mb
 from grpokit.sampler import sample
+from grpokit.value_model import parameter_bytes
 
 
 @dataclass
@@ -77,29 +79,35 @@ def prepare_inputs(config: Config) -> Inputs:
         raise GrpokitError("model.dtype float16 is not supported for training (it would need loss scaling); "
                            "use bfloat16, or float16 only with `grpokit eval`.")
     components = build_reward_components(config.rewards)
-    d = config.data
+    d, method, o = config.data, config.train.method, config.offline
+    if method in ("rft", "online_dpo", "online_orpo"):
+        check_pass_reward(config.online.pass_reward, [c.name for c in components])
     if not d.train:
         raise GrpokitError("no training data given: set data.train (a .jsonl/.parquet/.csv file or a folder).")
-    # What each method needs of a training row: grpo verifies answers; dpo learns from given pairs.
-    is_pairs = config.train.method == "dpo"
+    # What each method needs of a training row: online methods verify answers against ground
+    # truth; offline ones learn from given completions or pairs.
     train = load_examples(d.train, split=d.train_split, prompt_field=d.prompt_field, answer_field=d.answer_field,
                           dataset_format=d.dataset_format, max_examples=d.max_train_examples,
-                          require_answer=not is_pairs)
-    if is_pairs:
-        check_pairs(train, config.dpo.chosen_field, config.dpo.rejected_field)
+                          require_answer=method in ONLINE)
+    if method in PAIR_DATA:
+        check_pairs(train, o.chosen_field, o.rejected_field)
     eval_ = []
     if d.eval:
         eval_ = load_examples(d.eval, split=d.eval_split, prompt_field=d.prompt_field,
                               answer_field=d.answer_field, dataset_format=d.dataset_format,
                               max_examples=d.max_eval_examples)
-    if config.warmup.steps > 0:
-        field = config.warmup.completion_field
+    targets = [("warmup.completion_field", config.warmup.completion_field, "the SFT warm-up")] \
+        if config.warmup.steps > 0 else []
+    if method == "sft":
+        targets.append(("offline.completion_field", o.completion_field, "sft"))
+    for key, field, user in targets:
         missing = [ex.source for ex in train if not isinstance(ex.fields.get(field), str) or not ex.fields[field]]
         if missing:
             raise GrpokitError(
-                f"warmup.steps is {config.warmup.steps} but {len(missing)} training rows have no non-empty string "
-                f"'{field}' (the reference completion the SFT warm-up trains on), e.g. {', '.join(missing[:3])}. "
-                "Set warmup.completion_field to the right column, or warmup.steps=0.")
+                f"{len(missing)} training rows have no non-empty string '{field}' (the reference completion {user} "
+                f"trains on), e.g. {', '.join(missing[:3])}. Set {key} to the right column"
+                + (", or warmup.steps=0." if key.startswith("warmup") else "; a messages row's final assistant "
+                   "message is read as 'completion'."))
     # The tokenizer (not the model) is needed to render prompts exactly as the model will see them.
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
     train, train_prompts, dropped_train = render_and_filter(train, tokenizer, config, "training")
@@ -124,6 +132,7 @@ class Trainer:
         self.train_prompts, self.eval_prompts = inputs.train_prompts, inputs.eval_prompts
         self.summary: dict = {"run_dir": str(run.path), "method": config.train.method, "steps": config.train.steps}
         self.consecutive_skips = 0
+        self.train_seconds = 0.0  # time in the method's steps, evaluations and checkpoints excluded
         self.started = time.perf_counter()  # wall time counts from here, plus time before any resume
         self.wall_before = 0.0
         v = config.verify
@@ -142,7 +151,7 @@ class Trainer:
                           batch_size=c.eval.batch_size)
         self.run.log_metrics({"step": step, "phase": label, "eval_accuracy": result["accuracy"],
                               "eval_format_rate": result["format_rate"], "eval_mean_length": result["mean_length"],
-                              "eval_seconds": result["seconds"]})
+                              "eval_seconds": result["seconds"], "train_seconds": self.train_seconds})
         return {k: v for k, v in result.items() if k != "samples"}
 
     # ------------------------------------------------------------------ SFT warm-up
@@ -161,50 +170,59 @@ class Trainer:
             self.run.log_metrics({"step": i + 1, "phase": "warmup", **metrics})
 
     # ------------------------------------------------------------------ the method
-    def method_plan(self) -> tuple[bool, int, int, object]:
-        """(needs a reference model, rows per step, optimiser steps per step, step function)."""
-        c = self.config
-        plans = {
-            "grpo": lambda: (c.grpo.beta != 0.0, c.grpo.prompts_per_step, c.grpo.num_iterations, self.grpo_step),
-            "dpo": lambda: (True, c.dpo.pairs_per_step, 1, self.dpo_step),
-        }
-        return plans[c.train.method]()
-
     def train_method(self) -> None:
         c = self.config
-        needs_reference, rows_per_step, updates_per_step, step_fn = self.method_plan()
+        # Built when the method starts, after any warm-up: PPO's value model copies the policy then.
+        self.method: Method = METHODS[c.train.method](c, self.model, self.tokenizer)
         reference_dir = self.run.path / "reference"
         ref_model = None
-        if needs_reference:  # the reference is the policy as the method starts (after any warm-up)
+        if self.method.needs_reference():  # the reference is the policy as the method starts (after any warm-up)
             if self.resume_from is None:
                 self.model.save_pretrained(reference_dir)
             ref_model = load_model(c.model, path=str(reference_dir)).eval().requires_grad_(False)
         optimizer = build_optimizer(self.model, c.optim)
-        scheduler = build_scheduler(optimizer, c.train.steps * updates_per_step,
+        scheduler = build_scheduler(optimizer, c.train.steps * self.method.optimizer_steps_per_step(),
                                     warmup_steps=c.optim.warmup_steps, schedule=c.optim.schedule)
+        rows_per_step = c.sampling.prompts_per_step if self.method.online else c.offline.batch_size
         # Data order depends only on the seed (its own generator), so a resumed run sees the same rows.
         batches = batch_indices(len(self.train_prompts), rows_per_step, c.train.steps, random.Random(c.train.seed + 1))
-        first_step, elapsed = 1, 0.0
+        first_step = 1
         if self.resume_from is not None:
+            self.method.load_extra(self.resume_from)
             state = load_checkpoint(self.resume_from, optimizer)  # restores RNGs last, after model loading
             scheduler.load_state_dict(state["scheduler"])
-            first_step, elapsed = state["step"] + 1, state["train_seconds"]
+            first_step, self.train_seconds = state["step"] + 1, state["train_seconds"]
             self.consecutive_skips = state["consecutive_skips"]
-        start = time.perf_counter() - elapsed
+        self.summary["trained_state_mb"] = self.trained_state_bytes(optimizer, ref_model) / 2**20
+        step_fn = self.online_step if self.method.online else self.offline_step
         bar = _progress(c.train.steps, c.train.progress, initial=first_step - 1)
         for step in range(first_step, c.train.steps + 1):
+            self.method.step = step
+            t = time.perf_counter()
             row = step_fn(step, batches[step - 1], optimizer, scheduler, ref_model)
+            self.train_seconds += time.perf_counter() - t
             bar.update(1)
             bar.set_postfix({k: f"{row[k]:.2f}" for k in ("reward", "accuracy", "loss") if row.get(k) is not None})
             if c.eval.every and step % c.eval.every == 0 and step != c.train.steps:
                 self.evaluate(step, "eval")
             if c.train.save_every and step % c.train.save_every == 0:
-                self.summary["train_seconds"] = time.perf_counter() - start
                 self.checkpoint(step, optimizer, scheduler)
         bar.close()
-        self.summary["train_seconds"] = time.perf_counter() - start
+        self.summary["train_seconds"] = self.train_seconds
+        self.summary["trained_state_mb"] = self.trained_state_bytes(optimizer, ref_model) / 2**20
 
-    def grpo_step(self, step: int, rows: list[int], optimizer, scheduler, ref_model) -> dict:
+    def trained_state_bytes(self, optimizer, ref_model) -> int:
+        """Bytes of the tensors the method keeps: policy weights and gradients, optimiser state,
+        the frozen reference, and the method's extra models (PPO's value model and its optimiser).
+        Counted from the live tensors, so a method that holds more models shows it."""
+        optimizer_bytes = sum(t.numel() * t.element_size() for s in optimizer.state.values()
+                              for t in s.values() if torch.is_tensor(t))
+        policy = parameter_bytes(self.model)
+        return (2 * policy + optimizer_bytes + (parameter_bytes(ref_model) if ref_model is not None else 0)
+                + self.method.extra_state_bytes())
+
+    def online_step(self, step: int, rows: list[int], optimizer, scheduler, ref_model) -> dict:
+        """Sample a group per prompt, verify it, and hand the scored groups to the method."""
         c, G = self.config, self.config.sampling.group_size
         t0 = time.perf_counter()
         prompts = [self.train_prompts[r] for r in rows]
@@ -218,13 +236,14 @@ class Trainer:
             self.run.append(self.run.errors_path, [{"step": step, **e} for e in scores.errors])
         check_error_rate(scores, c.verify.max_error_rate)  # before the update: never step on a broken verifier
         rewards_B = torch.tensor(scores.total, dtype=torch.float32)
-        advantages_B, zero_variance = compute_advantages(rewards_B, G, c.grpo)
+        passed_B = passed(scores.components, scores.total, c.online.pass_reward, c.online.pass_threshold)
         t2 = time.perf_counter()
         self.model.train()
         lr = scheduler.get_last_lr()[0]  # the rate this step's first update uses
-        update = grpo_update(self.model, optimizer, scheduler, rollout, advantages_B, c, ref_model)
+        update = self.method.update(optimizer, scheduler, ref_model, ScoredGroups(rollout, rewards_B, passed_B, G))
         t3 = time.perf_counter()
         self._guard(step, update)
+        advantages_B = update.pop("advantages_B", None)
 
         lengths = rollout.completion_lengths_B.float()
         row = {"step": step, "phase": "train", "reward": rewards_B.mean().item()}
@@ -236,7 +255,8 @@ class Trainer:
                 row[key] = row[f"reward/{component.name}"]
         row.update({
             "reward_std": rewards_B.std().item(),
-            "zero_variance_fraction": zero_variance,
+            "pass_rate": passed_B.float().mean().item(),
+            "zero_variance_fraction": zero_variance_groups(rewards_B.view(-1, G)).float().mean().item(),
             "mean_length": lengths.mean().item(),
             "truncation_rate": rollout.truncated_B.float().mean().item(),
             **update,
@@ -255,22 +275,19 @@ class Trainer:
             self.run.log_rollouts([
                 {"step": step, "prompt": self.train_prompts[rows[i // G]], "answer": examples[i].answer,
                  "completion": rollout.completions[i], "rewards": {k: v[i] for k, v in scores.components.items()},
-                 "reward": scores.total[i], "advantage": advantages_B[i].item(),
+                 "reward": scores.total[i], "passed": bool(passed_B[i]),
+                 **({"advantage": advantages_B[i].item()} if advantages_B is not None else {}),
                  "truncated": bool(rollout.truncated_B[i])}
                 for i in range(len(examples))
             ])
         return row
 
-    def dpo_step(self, step: int, rows: list[int], optimizer, scheduler, ref_model) -> dict:
-        c, d = self.config, self.config.dpo
-        examples = [self.inputs.train[r] for r in rows]
+    def offline_step(self, step: int, rows: list[int], optimizer, scheduler, ref_model) -> dict:
         t0 = time.perf_counter()
         self.model.train()
         lr = scheduler.get_last_lr()[0]
-        update = dpo_update(self.model, ref_model, self.tokenizer, optimizer, scheduler,
-                            [self.train_prompts[r] for r in rows], [ex.fields[d.chosen_field] for ex in examples],
-                            [ex.fields[d.rejected_field] for ex in examples], beta=d.beta,
-                            micro_batch_size=c.optim.micro_batch_size, max_grad_norm=c.optim.max_grad_norm)
+        update = self.method.update(optimizer, scheduler, ref_model,
+                                    ([self.train_prompts[r] for r in rows], [self.inputs.train[r] for r in rows]))
         self._guard(step, update)
         row = {"step": step, "phase": "train", **update, "lr": lr, "time_training": time.perf_counter() - t0,
                "peak_memory_mb": peak_memory_mb(self.device)}
@@ -283,7 +300,7 @@ class Trainer:
         if skipped == 0:
             self.consecutive_skips = 0
             return
-        all_skipped = skipped == self.config.grpo.num_iterations
+        all_skipped = skipped == update["optimizer_steps"]
         self.consecutive_skips = self.consecutive_skips + skipped if all_skipped else trailing
         print(f"grpokit: step {step}: skipped {skipped} optimiser step(s): loss {update['loss']}, "
               f"gradient norm {update['grad_norm']} (not finite); parameters left unchanged.", file=sys.stderr)
@@ -298,14 +315,15 @@ class Trainer:
     def checkpoint(self, step: int, optimizer, scheduler) -> Path:
         state = {
             "scheduler": scheduler.state_dict(),
-            "train_seconds": self.summary["train_seconds"],
+            "train_seconds": self.train_seconds,
             "consecutive_skips": self.consecutive_skips,
             "log_offsets": self.run.offsets(),
             "summary": self.summary,
             "wall_seconds": self.wall_seconds(),
         }
         return save_checkpoint(self.run.path / "checkpoints", step, model=self.model, tokenizer=self.tokenizer,
-                               optimizer=optimizer, state=state, keep=self.config.train.keep_checkpoints)
+                               optimizer=optimizer, state=state, keep=self.config.train.keep_checkpoints,
+                               save_extra=self.method.save_extra)
 
     def save(self, path: Path) -> Path:
         """A Hugging Face model folder (safetensors) that `from_pretrained` loads directly."""

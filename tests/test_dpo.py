@@ -54,7 +54,7 @@ def test_dpo_run_learns_to_prefer_the_chosen_completions(tiny_home, tmp_path):
              "rejected": f"<answer>{a + b - 10}</answer>"} for a, b in [(17, 25), (38, 46), (29, 59), (45, 47)]]
     data = _pairs_file(tmp_path, rows)
     config = load_config(_config(tmp_path, data, model=tiny_home["model"]),
-                         [f"train.out_dir={tmp_path / 'run'}", "train.steps=8", "dpo.pairs_per_step=4",
+                         [f"train.out_dir={tmp_path / 'run'}", "train.steps=8", "offline.batch_size=4",
                           "optim.lr=0.003", "optim.micro_batch_size=4", "train.progress=false", "train.threads=1"])
     summary = train(config)
     steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

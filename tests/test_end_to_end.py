@@ -26,7 +26,7 @@ ROLLOUT_FIELDS = {"step", "prompt", "answer", "completion", "rewards", "reward",
 def _overrides(tiny_home, out):
     return [f"model.path={tiny_home['model']}", f"data.train={tiny_home['train']}",
             f"data.eval={tiny_home['eval']}", "data.max_eval_examples=8", "sampling.group_size=4",
-            "sampling.max_new_tokens=12", "grpo.prompts_per_step=2", "train.steps=2", "warmup.steps=2",
+            "sampling.max_new_tokens=12", "sampling.prompts_per_step=2", "train.steps=2", "warmup.steps=2",
             "warmup.batch_size=4", "train.progress=false", f"train.out_dir={out}", "grpo.beta=0.04",
             "train.save_every=1", "optim.warmup_steps=2", "optim.lr=0.001",
             # a reward that varies inside every group, so even an untrained model gets a gradient

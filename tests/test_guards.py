@@ -53,7 +53,7 @@ def test_nan_step_leaves_parameters_and_optimizer_bitwise_unchanged(tiny_model_a
 
 def _run_args(tiny_home, out):
     return [f"model.path={tiny_home['model']}", f"data.train={tiny_home['train']}", "data.max_train_examples=8",
-            "sampling.group_size=4", "sampling.max_new_tokens=8", "grpo.prompts_per_step=2", "train.steps=5",
+            "sampling.group_size=4", "sampling.max_new_tokens=8", "sampling.prompts_per_step=2", "train.steps=5",
             "train.progress=false", f"train.out_dir={out}", "verify.isolate=false",
             # the untrained model's rewards are all equal; keep every sample in the loss so the
             # injected NaN lands on the chosen steps

@@ -33,8 +33,8 @@ rewards:
   - {{name: accuracy, extract: answer_tag}}
   - {{name: format, weight: 0.1}}
   - {{name: "{FIXTURES / 'kill_reward.py'}:kill_at_call", weight: 0.0, alias: crash}}
-sampling: {{group_size: {GROUP}, max_new_tokens: 10}}
-grpo: {{prompts_per_step: {PROMPTS}, beta: 0.04}}
+sampling: {{prompts_per_step: {PROMPTS}, group_size: {GROUP}, max_new_tokens: 10}}
+grpo: {{beta: 0.04}}
 optim: {{lr: 0.01, warmup_steps: 2, schedule: cosine}}
 warmup: {{steps: 2, batch_size: 4}}
 train: {{steps: {STEPS}, save_every: 1, keep_checkpoints: 2, threads: 1, progress: false}}

@@ -1,1 +1,32 @@
-"""Update rules: each turns verified groups (or a fixed dataset) into a training batch and a loss."""
+"""Update rules: each turns verified groups (online) or a fixed dataset (offline) into a training
+batch and a loss. The loop in `grpokit.trainer` is the same for all of them.
+
+method       data each step                            loss                               extra models
+grpo         sampled groups, verified                  clipped surrogate, group advantages  reference if grpo.beta > 0
+rloo         sampled groups, verified                  same, leave-one-out baseline, no std reference if grpo.beta > 0
+rft          passing sampled completions, deduplicated SFT (NLL)                            -
+online_dpo   (passing, failing) pairs of one prompt    DPO                                  reference
+online_orpo  (passing, failing) pairs of one prompt    ORPO                                 -
+ppo          sampled completions, verified             clipped surrogate, GAE advantages    value model (+ reference
+                                                                                            if ppo.kl_coef > 0)
+sft          dataset completions                       SFT (NLL)                            -
+dpo          dataset (chosen, rejected) pairs          DPO                                  reference
+orpo         dataset (chosen, rejected) pairs          ORPO                                 -
+"""
+
+from __future__ import annotations
+
+from grpokit.methods.base import Method, ScoredGroups
+from grpokit.methods.grpo import GRPO, RLOO
+from grpokit.methods.ppo import PPO
+from grpokit.methods.preference import DPO, ORPO, OnlineDPO, OnlineORPO
+from grpokit.methods.sft import RFT, SFT
+
+METHODS: dict[str, type[Method]] = {
+    "grpo": GRPO, "rloo": RLOO, "rft": RFT, "online_dpo": OnlineDPO, "online_orpo": OnlineORPO, "ppo": PPO,
+    "sft": SFT, "dpo": DPO, "orpo": ORPO,
+}
+ONLINE = tuple(name for name, cls in METHODS.items() if cls.online)
+PAIR_DATA = ("dpo", "orpo")  # offline methods whose rows are preference pairs
+
+__all__ = ["METHODS", "ONLINE", "PAIR_DATA", "Method", "ScoredGroups"]

@@ -1,4 +1,7 @@
-"""GRPO: group-relative advantages and the clipped surrogate, one rollout at a time.
+"""GRPO and RLOO: group-relative advantages and the clipped surrogate, one rollout at a time.
+
+RLOO differs only in its advantage: the mean of the *other* G-1 rewards as baseline, and no
+division by the group's std (Ahmadian et al. 2024). Everything after the advantage is shared.
 
 `grpo_update` takes a scored rollout and performs `num_iterations` optimiser steps on it,
 accumulating gradients over micro-batches. It reads top to bottom like the formula in
@@ -16,14 +19,18 @@ from grpokit.batching import micro_batches
 from grpokit.config import Config
 from grpokit.logprobs import completion_logprobs
 from grpokit.losses import BatchNorm, grpo_loss
+from grpokit.methods.base import Method, ScoredGroups
 from grpokit.optim import optimizer_step
 from grpokit.sampler import Rollout
 
 
-def compute_advantages(rewards_B: torch.Tensor, group_size: int, cfg) -> tuple[torch.Tensor, float]:
-    """(B,) rewards grouped by prompt -> (B,) advantages and the fraction of zero-variance groups."""
+def compute_advantages(rewards_B: torch.Tensor, group_size: int, cfg, *, baseline: str | None = None,
+                       scale_by_std: bool | None = None) -> tuple[torch.Tensor, float]:
+    """(B,) rewards grouped by prompt -> (B,) advantages and the fraction of zero-variance groups.
+    `baseline` and `scale_by_std` override the config's (RLOO fixes both)."""
     rewards_NG = rewards_B.view(-1, group_size)
-    advantages_NG = group_advantages(rewards_NG, baseline=cfg.baseline, scale_by_std=cfg.scale_by_std,
+    advantages_NG = group_advantages(rewards_NG, baseline=baseline or cfg.baseline,
+                                     scale_by_std=cfg.scale_by_std if scale_by_std is None else scale_by_std,
                                      eps=cfg.std_eps)
     return advantages_NG.reshape(-1), zero_variance_groups(rewards_NG).float().mean().item()
 
@@ -89,6 +96,7 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
         totals["grad_norm"] += grad_norm
     iterations = cfg.num_iterations
     return {
+        "optimizer_steps": iterations,
         "loss": totals["loss"] / iterations,
         "grad_norm": totals["grad_norm"] / iterations,
         "skipped_updates": skipped,
@@ -97,3 +105,27 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
         "clip_fraction": totals["clipped_tokens"] / max(totals["tokens"], 1),
         "tokens_backpropagated": int(totals["tokens"]),
     }
+
+
+class GRPO(Method):
+    """Group-normalised advantages (grpo.baseline, grpo.scale_by_std), clipped surrogate, optional KL."""
+
+    advantage_rule: dict = {}
+
+    def needs_reference(self) -> bool:
+        return self.config.grpo.beta != 0.0
+
+    def optimizer_steps_per_step(self) -> int:
+        return self.config.grpo.num_iterations
+
+    def update(self, optimizer, scheduler, ref_model, data: ScoredGroups) -> dict:
+        advantages_B, zero_variance = compute_advantages(data.rewards_B, data.group_size, self.config.grpo,
+                                                         **self.advantage_rule)
+        metrics = grpo_update(self.model, optimizer, scheduler, data.rollout, advantages_B, self.config, ref_model)
+        return {**metrics, "advantages_B": advantages_B, "zero_variance_fraction": zero_variance}
+
+
+class RLOO(GRPO):
+    """REINFORCE leave-one-out: baseline = mean of the other G-1 rewards, no std scaling."""
+
+    advantage_rule = {"baseline": "leave_one_out", "scale_by_std": False}

@@ -1,4 +1,5 @@
-"""Supervised fine-tuning on (prompt, completion) pairs: the warm-up before GRPO.
+"""Supervised fine-tuning: on a dataset's completions (`sft`, and the warm-up) or on the sampled
+completions that passed verification (`rft`, rejection-sampling fine-tuning).
 
 Loss on completion tokens only, EOS included, so the model learns where to stop.
 """
@@ -7,17 +8,17 @@ from __future__ import annotations
 
 import math
 
-from grpokit.batching import encode_pairs, micro_batches
+from grpokit.batching import TokenBatch, encode_pairs, micro_batches
 from grpokit.logprobs import completion_logprobs
 from grpokit.losses import BatchNorm, sft_loss
+from grpokit.methods.base import Method, ScoredGroups, skipped_update
+from grpokit.methods.verified import rft_rows
 from grpokit.optim import optimizer_step
 
 
-def sft_step(model, tokenizer, optimizer, prompts: list[str], completions: list[str], *,
-             micro_batch_size: int, max_grad_norm: float, scheduler=None) -> dict[str, float]:
-    """One optimiser step of SFT on the given pairs, accumulated over micro-batches."""
-    device = next(model.parameters()).device
-    tokens = encode_pairs(tokenizer, prompts, completions).to(device)
+def sft_update(model, optimizer, scheduler, tokens: TokenBatch, *, micro_batch_size: int,
+               max_grad_norm: float) -> dict:
+    """One optimiser step of SFT on the batch's completions, accumulated over micro-batches."""
     norm = BatchNorm(num_sequences=len(tokens), num_tokens=int(tokens.completion_mask_BC.sum()), max_len=0)
     total = 0.0
     for rows in micro_batches(len(tokens), micro_batch_size):
@@ -28,4 +29,45 @@ def sft_step(model, tokenizer, optimizer, prompts: list[str], completions: list[
         loss.backward()
         total += loss.item()
     grad_norm, stepped = optimizer_step(model, optimizer, scheduler, max_grad_norm, math.isfinite(total))
-    return {"loss": total, "grad_norm": grad_norm, "tokens_backpropagated": norm.num_tokens, "skipped": not stepped}
+    return {"loss": total, "grad_norm": grad_norm, "tokens_backpropagated": norm.num_tokens,
+            "skipped_updates": int(not stepped), "trailing_skips": int(not stepped), "optimizer_steps": 1}
+
+
+def sft_step(model, tokenizer, optimizer, prompts: list[str], completions: list[str], *,
+             micro_batch_size: int, max_grad_norm: float, scheduler=None) -> dict[str, float]:
+    """One optimiser step of SFT on (prompt, completion) texts (the warm-up)."""
+    device = next(model.parameters()).device
+    tokens = encode_pairs(tokenizer, prompts, completions).to(device)
+    return sft_update(model, optimizer, scheduler, tokens, micro_batch_size=micro_batch_size,
+                      max_grad_norm=max_grad_norm)
+
+
+class SFT(Method):
+    """Offline: imitate the dataset's completions (offline.completion_field)."""
+
+    online = False
+
+    def update(self, optimizer, scheduler, ref_model, data) -> dict:
+        prompts, examples = data
+        completions = [ex.fields[self.config.offline.completion_field] for ex in examples]
+        return sft_step(self.model, self.tokenizer, optimizer, prompts, completions,
+                        micro_batch_size=self.config.optim.micro_batch_size,
+                        max_grad_norm=self.config.optim.max_grad_norm, scheduler=scheduler)
+
+
+class RFT(Method):
+    """Online: SFT on the step's sampled completions that passed verification, deduplicated.
+
+    The sampled token ids are trained on directly (no decode and re-encode round trip). A step
+    where nothing passed has nothing to imitate: it is counted and makes no update.
+    """
+
+    def update(self, optimizer, scheduler, ref_model, data: ScoredGroups) -> dict:
+        rows = rft_rows(data.passed_B, data.rollout.completions, data.group_size)
+        if not rows:
+            return skipped_update("no completion passed verification", scheduler)
+        tokens = data.rollout.tokens.to(self.device).select(rows)
+        metrics = sft_update(self.model, optimizer, scheduler, tokens,
+                             micro_batch_size=self.config.optim.micro_batch_size,
+                             max_grad_norm=self.config.optim.max_grad_norm)
+        return {**metrics, "sft_targets": len(rows)}

@@ -1,0 +1,167 @@
+"""PPO with a value model (Schulman et al. 2017; the RLHF recipe of Ouyang et al. 2022).
+
+Where GRPO's baseline is the group mean, PPO learns one: a value model V (the policy's
+backbone plus a scalar head, a second trained model with its own optimiser: the memory GRPO
+saves) predicts, before each completion token, the reward still to come. Per step:
+1. no-grad passes: old log-probs (policy), old values (value model), reference log-probs;
+2. per-token rewards: -kl_coef * (log pi_old - log pi_ref) at every token, plus the verified
+   reward at the last token;
+3. GAE turns rewards and values into per-token advantages and returns (`losses.gae`);
+4. `ppo.epochs` times: one step of the clipped policy loss and one of the clipped value loss,
+   each over the whole batch in micro-batches.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from grpokit.batching import micro_batches
+from grpokit.logprobs import completion_logprobs
+from grpokit.losses import BatchNorm, gae, ppo_policy_loss, ppo_value_loss
+from grpokit.methods.base import Method, ScoredGroups
+from grpokit.optim import optimizer_step
+from grpokit.value_model import ValueModel, parameter_bytes
+
+
+def masked_whiten(x_BT: torch.Tensor, mask_BT: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the valid tokens of the batch; 0 on padding."""
+    mask_BT = mask_BT.to(x_BT.dtype)
+    n = mask_BT.sum().clamp(min=1)
+    mean = (x_BT * mask_BT).sum() / n
+    var = (((x_BT - mean) * mask_BT) ** 2).sum() / n
+    return (x_BT - mean) * torch.rsqrt(var + eps) * mask_BT
+
+
+def token_rewards(rewards_B: torch.Tensor, lengths_B: torch.Tensor, logp_BT: torch.Tensor,
+                  ref_logp_BT: torch.Tensor | None, mask_BT: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """Per-token reward: the verified reward on each completion's last token, minus kl_coef times
+    the sampled-token KL estimate log pi - log pi_ref on every token (as in InstructGPT)."""
+    out_BT = torch.zeros_like(logp_BT)
+    if ref_logp_BT is not None and kl_coef != 0.0:
+        out_BT = -kl_coef * (logp_BT - ref_logp_BT) * mask_BT.to(logp_BT.dtype)
+    last_B = (lengths_B - 1).clamp(min=0)
+    out_BT[torch.arange(len(out_BT)), last_B] += rewards_B.to(out_BT.dtype)
+    return out_BT
+
+
+class PPO(Method):
+    def __init__(self, config, model, tokenizer):
+        super().__init__(config, model, tokenizer)
+        # The critic starts from the policy as PPO starts (after any warm-up): its features
+        # already read the task; the head learns the values.
+        self.value_model = ValueModel.from_backbone(model).to(self.device)
+        self.value_optimizer = self._value_optimizer()
+
+    def _value_optimizer(self):
+        o = self.config.optim
+        return torch.optim.AdamW(self.value_model.parameters(), lr=self.config.ppo.value_lr,
+                                 weight_decay=o.weight_decay, betas=(o.adam_beta1, o.adam_beta2))
+
+    def needs_reference(self) -> bool:
+        return self.config.ppo.kl_coef != 0.0
+
+    def optimizer_steps_per_step(self) -> int:
+        return self.config.ppo.epochs
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_extra(self, folder: Path) -> None:
+        self.value_model.save(folder / "value_model")
+        torch.save(self.value_optimizer.state_dict(), folder / "value_optimizer.pt")
+
+    def load_extra(self, folder: Path) -> None:
+        self.value_model = ValueModel.load(folder / "value_model", device=self.device)
+        self.value_optimizer = self._value_optimizer()
+        self.value_optimizer.load_state_dict(torch.load(folder / "value_optimizer.pt", weights_only=True))
+
+    def extra_state_bytes(self) -> int:
+        optimizer_bytes = sum(t.numel() * t.element_size() for s in self.value_optimizer.state.values()
+                              for t in s.values() if torch.is_tensor(t))
+        return parameter_bytes(self.value_model) + optimizer_bytes
+
+    # ------------------------------------------------------------------ the update
+    def update(self, optimizer, scheduler, ref_model, data: ScoredGroups) -> dict:
+        c, p = self.config, self.config.ppo
+        T = c.sampling.temperature
+        tokens = data.rollout.tokens.to(self.device)
+        mask_BC = tokens.completion_mask_BC
+        lengths_B = mask_BC.sum(-1)
+        chunks = micro_batches(len(tokens), c.optim.micro_batch_size, lengths_B.cpu())
+        batches = [tokens.select(rows) for rows in chunks]
+
+        def logprobs(model, b):
+            return completion_logprobs(model, b.input_ids(), b.attention_mask(), b.prompt_ids_BP.shape[1], T)
+
+        def values(b):
+            return self.value_model.values(b.input_ids(), b.attention_mask(), b.prompt_ids_BP.shape[1])
+
+        def full(parts):  # per-chunk (rows, width) tensors -> one (B, C) tensor, 0 on padding
+            out = torch.zeros(mask_BC.shape, dtype=torch.float32, device=self.device)
+            for rows, part in zip(chunks, parts):
+                out[rows, : part.shape[1]] = part.float()
+            return out
+
+        self.model.eval()
+        self.value_model.eval()
+        with torch.no_grad():
+            old_logp_BC = full([logprobs(self.model, b) for b in batches])
+            old_values_BC = full([values(b) for b in batches])
+            ref_logp_BC = full([logprobs(ref_model, b) for b in batches]) if self.needs_reference() else None
+        self.model.train()
+        self.value_model.train()
+        rewards_BC = token_rewards(data.rewards_B.to(self.device), lengths_B, old_logp_BC, ref_logp_BC, mask_BC,
+                                   p.kl_coef)
+        advantages_BC, returns_BC = gae(rewards_BC, old_values_BC, mask_BC, gamma=p.gamma, lam=p.lam)
+        if p.whiten_advantages:
+            advantages_BC = masked_whiten(advantages_BC, mask_BC)
+
+        norm = BatchNorm(num_sequences=len(tokens), num_tokens=int(mask_BC.sum()), max_len=c.sampling.max_new_tokens)
+        sums = {"loss": 0.0, "value_loss": 0.0, "clipped": 0.0, "value_clipped": 0.0, "grad_norm": 0.0,
+                "value_grad_norm": 0.0}
+        skipped = trailing = 0
+        for _ in range(p.epochs):
+            policy_loss = value_loss = 0.0
+            for rows, b in zip(chunks, batches):
+                w = b.completion_ids_BC.shape[1]
+                loss, m = ppo_policy_loss(logprobs(self.model, b), old_logp_BC[rows, :w], advantages_BC[rows, :w],
+                                          b.completion_mask_BC, norm, clip_low=p.clip, clip_high=p.clip)
+                loss.backward()
+                policy_loss += loss.item()
+                sums["clipped"] += m["clipped_tokens"]
+            grad_norm, stepped = optimizer_step(self.model, optimizer, scheduler, c.optim.max_grad_norm,
+                                                math.isfinite(policy_loss))
+            for rows, b in zip(chunks, batches):
+                w = b.completion_ids_BC.shape[1]
+                loss, m = ppo_value_loss(values(b), old_values_BC[rows, :w], returns_BC[rows, :w],
+                                         b.completion_mask_BC, norm, clip=p.value_clip)
+                loss.backward()
+                value_loss += loss.item()
+                sums["value_clipped"] += m["value_clipped_tokens"]
+            value_grad_norm, _ = optimizer_step(self.value_model, self.value_optimizer, None, c.optim.max_grad_norm,
+                                                math.isfinite(value_loss))
+            skipped += not stepped
+            trailing = 0 if stepped else trailing + 1
+            for key, v in (("loss", policy_loss), ("value_loss", value_loss), ("grad_norm", grad_norm),
+                           ("value_grad_norm", value_grad_norm)):
+                sums[key] += v
+        tokens_seen = norm.num_tokens * p.epochs
+        valid = mask_BC.bool()
+        residual = (returns_BC - old_values_BC)[valid]
+        return {
+            "optimizer_steps": p.epochs,
+            "loss": sums["loss"] / p.epochs,
+            "value_loss": sums["value_loss"] / p.epochs,
+            "grad_norm": sums["grad_norm"] / p.epochs,
+            "value_grad_norm": sums["value_grad_norm"] / p.epochs,
+            "clip_fraction": sums["clipped"] / max(tokens_seen, 1),
+            "value_clip_fraction": sums["value_clipped"] / max(tokens_seen, 1),
+            "kl": ((old_logp_BC - ref_logp_BC)[valid].mean().item() if ref_logp_BC is not None else None),
+            "mean_value": old_values_BC[valid].mean().item(),
+            # 1 - Var(returns - V) / Var(returns): how much of the return the critic already predicts
+            "explained_variance": (1 - residual.var() / returns_BC[valid].var().clamp(min=1e-8)).item(),
+            "tokens_backpropagated": norm.num_tokens,  # policy tokens; the value model backpropagates as many
+            "skipped_updates": skipped,
+            "trailing_skips": trailing,
+        }
