@@ -19,26 +19,27 @@ def _pairs_file(tmp_path, rows):
     return path
 
 
-def _validate(tmp_path, capsys, rows, monkeypatch):
+def _validate(tmp_path, capsys, rows, monkeypatch, method="dpo"):
     monkeypatch.setattr(grpokit.trainer, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     data = _pairs_file(tmp_path, rows)
-    code = main(["validate", _config(tmp_path, data)])
+    code = main(["validate", _config(tmp_path, data, method=method)])
     return code, capsys.readouterr()
 
 
-def _config(tmp_path, data, model="./no-such-model"):
+def _config(tmp_path, data, model="./no-such-model", method="dpo"):
     path = tmp_path / "c.yaml"
-    path.write_text(f"model: {{path: {model}}}\ndata: {{train: {data}}}\ntrain: {{method: dpo}}\n")
+    path.write_text(f"model: {{path: {model}}}\ndata: {{train: {data}}}\ntrain: {{method: {method}}}\n")
     return str(path)
 
 
-def test_pair_problems_are_all_reported_before_the_model(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("method", ["dpo", "orpo"])
+def test_pair_problems_are_all_reported_before_the_model(tmp_path, capsys, monkeypatch, method):
     rows = [{"prompt": "What is 37 + 48?", "chosen": GOOD, "rejected": SLIP},
             {"prompt": "What is 1 + 1?", "chosen": "<answer>2</answer>", "rejected": "<answer>2</answer>"},
             {"prompt": "What is 2 + 2?", "chosen": "<answer>4</answer>"},
             {"prompt": "What is 3 + 3?", "chosen": 6, "rejected": "<answer>5</answer>"},
             {"prompt": "What is 4 + 4?", "chosen": "", "rejected": "<answer>9</answer>"}]
-    code, out = _validate(tmp_path, capsys, rows, monkeypatch)
+    code, out = _validate(tmp_path, capsys, rows, monkeypatch, method)
     assert code == 2
     err = out.err
     assert "pairs.jsonl:2" in err and "same text" in err  # chosen == rejected

@@ -70,3 +70,13 @@ def test_ensure_tiny_rebuilds_data_of_another_version_or_setting(tmp_path):
     (tmp_path / "data" / "task.json").write_text('{"task_version": 1, "carry_slip": 0.6}')  # an older build
     assert ensure_tiny(tmp_path, size="test", carry_slip=0.6)["train"].read_text() != clean
     assert '"task_version": 2' in (tmp_path / "data" / "task.json").read_text()
+
+
+def test_preference_pairs_choose_the_carried_scratchpad():
+    splits = make_splits(seed=0)
+    train = {r["prompt"]: r for r in splits["train"]}
+    assert len(splits["pairs"]) > 1000
+    for row in splits["pairs"][:50]:
+        answer = f"<answer>{row['answer']}</answer>"
+        assert row["chosen"].endswith(answer) and not row["rejected"].endswith(answer)
+        assert row["completion"] == train[row["prompt"]]["completion"]  # the same warm-up demonstration

@@ -7,6 +7,7 @@ dataset. Either way `update` does the optimiser step(s) and returns the step's m
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,8 @@ def skipped_update(reason: str, scheduler) -> dict:
     """Metrics of a step that had nothing to train on: no optimiser step, but the schedule advances
     so the learning rate keeps following the step count."""
     if scheduler is not None:
-        scheduler.step()
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+            warnings.simplefilter("ignore", UserWarning)
+            scheduler.step()
     return {"loss": None, "grad_norm": None, "tokens_backpropagated": 0, "skipped_updates": 0,
             "trailing_skips": 0, "optimizer_steps": 0, "no_data_reason": reason}

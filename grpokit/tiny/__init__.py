@@ -8,7 +8,7 @@ from pathlib import Path
 from grpokit.tiny.model import build_tiny, build_tokenizer
 from grpokit.tiny.task import CARRY_SLIP, make_splits, write_task
 
-TASK_VERSION = 2  # 2: warm-up demonstrations with forgotten carries
+TASK_VERSION = 3  # 2: warm-up demonstrations with forgotten carries; 3: pairs.jsonl
 
 # The demo's config; its relative paths point into the default home, `.grpokit/tiny`.
 DEMO_CONFIG = Path(__file__).parent / "demo.yaml"
@@ -18,14 +18,15 @@ def ensure_tiny(home: str | Path, size: str = "demo", force: bool = False, carry
                 ) -> dict[str, Path]:
     """Build the tiny model into home/model and the task into home/data unless already there."""
     home = Path(home)
-    paths = {"model": home / "model", "train": home / "data" / "train.jsonl", "eval": home / "data" / "eval.jsonl"}
+    paths = {"model": home / "model", "train": home / "data" / "train.jsonl", "eval": home / "data" / "eval.jsonl",
+             "pairs": home / "data" / "pairs.jsonl"}
     if force or not (paths["model"] / "config.json").is_file():
         build_tiny(paths["model"], size=size)
     # The task has changed between versions: rebuild data written by another version or setting.
     stamp = home / "data" / "task.json"
     wanted = {"task_version": TASK_VERSION, "carry_slip": carry_slip}
     current = json.loads(stamp.read_text()) if stamp.is_file() else None
-    if force or current != wanted or not (paths["train"].is_file() and paths["eval"].is_file()):
+    if force or current != wanted or not all(paths[k].is_file() for k in ("train", "eval", "pairs")):
         write_task(home / "data", carry_slip=carry_slip)
         stamp.write_text(json.dumps(wanted))
     return paths

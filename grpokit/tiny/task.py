@@ -12,6 +12,8 @@ discover that carrying pays. That is the point of the demo: sampling plus verifi
 what imitation of imperfect data cannot.
 
 Splits are disjoint by (a, b) pair, so held-out accuracy measures generalisation, not recall.
+`pairs.jsonl` holds, for every training row that needs a carry, a preference pair for the
+offline methods (dpo, orpo): the correct scratchpad chosen over the one that forgets the carry.
 """
 
 from __future__ import annotations
@@ -65,12 +67,15 @@ def make_splits(seed: int = 0, max_operand: int = 99, eval_size: int = 200,
     pairs = [(a, b) for a in range(max_operand + 1) for b in range(max_operand + 1)]
     rng.shuffle(pairs)
     rows = [make_row(a, b, forget_carry=needs_carry(a, b) and rng.random() < carry_slip) for a, b in pairs]
-    return {"eval": rows[:eval_size], "train": rows[eval_size:]}
+    preference = [{**row, "chosen": make_row(a, b)["completion"],
+                   "rejected": make_row(a, b, forget_carry=True)["completion"]}
+                  for (a, b), row in zip(pairs[eval_size:], rows[eval_size:]) if needs_carry(a, b)]
+    return {"eval": rows[:eval_size], "train": rows[eval_size:], "pairs": preference}
 
 
 def write_task(out_dir: str | Path, seed: int = 0, eval_size: int = 200, carry_slip: float = CARRY_SLIP
                ) -> dict[str, Path]:
-    """Write train.jsonl and eval.jsonl into out_dir; returns their paths."""
+    """Write train.jsonl, eval.jsonl and pairs.jsonl into out_dir; returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}

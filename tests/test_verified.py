@@ -1,0 +1,60 @@
+"""From verified groups to training data: passing, RFT targets and preference pairs, by hand."""
+
+import random
+
+import pytest
+import torch
+
+from grpokit.errors import GrpokitError
+from grpokit.methods.verified import check_pass_reward, passed, preference_pairs, rft_rows
+
+
+def test_passed_uses_the_named_component_and_never_passes_a_failed_score():
+    components = {"accuracy": [1.0, 0.0, None, 1.0], "format": [1.0, 1.0, 1.0, 0.0]}
+    total = [1.1, 0.1, 0.1, 1.0]
+    assert passed(components, total, "accuracy", 1.0).tolist() == [True, False, False, True]
+    assert passed(components, total, "format", 0.5).tolist() == [True, True, True, False]
+    assert passed(components, total, "total", 1.05).tolist() == [True, False, False, False]
+
+
+def test_unknown_pass_reward_is_an_error_naming_the_choices():
+    with pytest.raises(GrpokitError, match="online.pass_reward.*'acc'.*accuracy, format"):
+        check_pass_reward("acc", ["accuracy", "format"])
+    check_pass_reward("total", ["accuracy"])
+
+
+def test_rft_keeps_passing_completions_once_per_distinct_text_within_a_group():
+    # two groups of 4; group 0: "a" passes twice (one kept), "b" passes; group 1: "a" passes again (other prompt: kept)
+    completions = ["a", "a ", "b", "c", "a", "d", "e", "f"]
+    passed_B = torch.tensor([True, True, True, False, True, False, False, False])
+    assert rft_rows(passed_B, completions, group_size=4) == [0, 2, 4]
+    assert rft_rows(torch.zeros(8, dtype=torch.bool), completions, group_size=4) == []
+
+
+def test_pairs_come_from_one_prompt_and_mixed_groups_only():
+    completions = ["w1", "l1", "w2", "l2",   # mixed group
+                   "x", "y", "z", "v",       # all pass: no pair
+                   "p", "q", "r", "s"]       # all fail: no pair
+    passed_B = torch.tensor([1, 0, 1, 0, 1, 1, 1, 1, 0, 0, 0, 0], dtype=torch.bool)
+    rewards_B = torch.tensor([1.1, 0.1, 1.0, 0.0, 1, 1, 1, 1, 0, 0, 0, 0], dtype=torch.float32)
+    pairs = preference_pairs(passed_B, rewards_B, completions, 4, rule="random", pairs_per_prompt=5,
+                             rng=random.Random(0))
+    assert len(pairs) == 2  # each completion used once: 2 winners x 2 losers -> 2 pairs
+    assert {w for w, _ in pairs} == {0, 2} and {r for _, r in pairs} == {1, 3}
+    gap = preference_pairs(passed_B, rewards_B, completions, 4, rule="reward_gap", pairs_per_prompt=1,
+                           rng=random.Random(0))
+    assert gap == [(0, 3)]  # highest-reward winner (1.1) with lowest-reward loser (0.0)
+
+
+def test_pairs_never_join_equal_texts_and_random_rule_is_seeded():
+    completions = ["same", "same", "other", "fail"]
+    passed_B = torch.tensor([True, False, True, False])
+    rewards_B = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    # "same" failing is a duplicate of "same" passing: dropped, so the only loser is "fail"
+    for seed in range(5):
+        pairs = preference_pairs(passed_B, rewards_B, completions, 4, rule="random", pairs_per_prompt=2,
+                                 rng=random.Random(seed))
+        assert len(pairs) == 1 and pairs[0][1] == 3
+    a = preference_pairs(passed_B, rewards_B, completions, 4, rule="random", pairs_per_prompt=1, rng=random.Random(7))
+    b = preference_pairs(passed_B, rewards_B, completions, 4, rule="random", pairs_per_prompt=1, rng=random.Random(7))
+    assert a == b
