@@ -5,7 +5,8 @@ same number of completions per step from the same warmed-up model, with the same
 and evaluation; only the rule that turns verified groups into an update differs. Steps:
 1. one SFT warm-up (method `sft` on the demonstrations), shared by every method;
 2. each method in its own process (so peak memory is that method's own), from the warm-up's
-   model, with its settings from `METHOD_SETTINGS` plus the user's overrides;
+   model, with the same config: per-method settings live in their own sections (dpo.beta,
+   orpo.lam, ppo.*, online.*), so one config serves every method;
 3. a Markdown table and two plots (held-out accuracy against step and against training time).
 """
 
@@ -20,18 +21,6 @@ from grpokit.config import CHOICES, load_config, save_config
 from grpokit.errors import GrpokitError
 
 DEFAULT_METHODS = ("grpo", "rloo", "rft", "online_dpo", "online_orpo", "ppo")
-
-# What differs per method in the default comparison, on top of the shared config. Everything
-# else (prompts, group size, temperature, steps, learning rate, seed) is the same for all.
-METHOD_SETTINGS: dict[str, list[str]] = {
-    "grpo": [],
-    "rloo": [],
-    "rft": [],
-    "online_dpo": [],
-    "online_orpo": [],
-    "ppo": [],
-}
-
 
 def _run(args: list[str], log: Path) -> None:
     """One `grpokit train` in its own process; its output goes to a log file, which a failure names."""
@@ -76,8 +65,8 @@ def compare(config_path: str, overrides: list[str], out_dir: str | Path, methods
     results = {}
     for method in methods:
         print(f"compare: {method} -> {out / method}", file=sys.stderr)
-        _run([str(base), f"train.method={method}", f"model.path={start_model}", "warmup.steps=0",
-              *METHOD_SETTINGS.get(method, []), *common, "--out", str(out / method)], out / f"{method}.log")
+        _run([str(base), f"train.method={method}", f"model.path={start_model}", "warmup.steps=0", *common,
+              "--out", str(out / method)], out / f"{method}.log")
         results[method] = method_result(out / method)
     table = format_table(results)
     (out / "table.md").write_text(table + "\n", encoding="utf-8")

@@ -36,5 +36,5 @@ def test_compare_writes_a_row_and_a_curve_per_method(tiny_home, tmp_path, capsys
 
 
 def test_compare_refuses_offline_and_unknown_methods(tmp_path):
-    with pytest.raises(GrpokitError, match="online methods.*sft, nope"):
+    with pytest.raises(GrpokitError, match="online methods.*got nope, sft"):
         compare(None, [], tmp_path, methods=("grpo", "sft", "nope"))

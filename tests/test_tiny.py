@@ -2,7 +2,7 @@
 
 import torch
 
-from grpokit.tiny import build_tokenizer, make_splits
+from grpokit.tiny import TASK_VERSION, build_tokenizer, make_splits
 from grpokit.tiny.model import build_model
 from grpokit.tiny.task import needs_carry, scratchpad
 
@@ -69,7 +69,7 @@ def test_ensure_tiny_rebuilds_data_of_another_version_or_setting(tmp_path):
     assert ensure_tiny(tmp_path, size="test", carry_slip=0.6)["train"].read_text() != clean
     (tmp_path / "data" / "task.json").write_text('{"task_version": 1, "carry_slip": 0.6}')  # an older build
     assert ensure_tiny(tmp_path, size="test", carry_slip=0.6)["train"].read_text() != clean
-    assert '"task_version": 2' in (tmp_path / "data" / "task.json").read_text()
+    assert f'"task_version": {TASK_VERSION}' in (tmp_path / "data" / "task.json").read_text()
 
 
 def test_preference_pairs_choose_the_carried_scratchpad():

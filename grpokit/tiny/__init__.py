@@ -32,4 +32,4 @@ def ensure_tiny(home: str | Path, size: str = "demo", force: bool = False, carry
     return paths
 
 
-__all__ = ["DEMO_CONFIG", "build_tiny", "build_tokenizer", "ensure_tiny", "make_splits", "write_task"]
+__all__ = ["DEMO_CONFIG", "TASK_VERSION", "build_tiny", "build_tokenizer", "ensure_tiny", "make_splits", "write_task"]

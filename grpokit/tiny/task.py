@@ -12,8 +12,9 @@ discover that carrying pays. That is the point of the demo: sampling plus verifi
 what imitation of imperfect data cannot.
 
 Splits are disjoint by (a, b) pair, so held-out accuracy measures generalisation, not recall.
-`pairs.jsonl` holds, for every training row that needs a carry, a preference pair for the
-offline methods (dpo, orpo): the correct scratchpad chosen over the one that forgets the carry.
+`pairs.jsonl` holds, for every training row where forgetting the carry gives a wrong answer,
+a preference pair for the offline methods (dpo, orpo): the correct scratchpad chosen over the
+one that forgets the carry.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def make_splits(seed: int = 0, max_operand: int = 99, eval_size: int = 200,
     rows = [make_row(a, b, forget_carry=needs_carry(a, b) and rng.random() < carry_slip) for a, b in pairs]
     preference = [{**row, "chosen": make_row(a, b)["completion"],
                    "rejected": make_row(a, b, forget_carry=True)["completion"]}
-                  for (a, b), row in zip(pairs[eval_size:], rows[eval_size:]) if needs_carry(a, b)]
+                  for (a, b), row in zip(pairs[eval_size:], rows[eval_size:])
+                  if scratchpad(a, b, forget_carry=True)[1] != a + b]  # 6+9: the last column writes 15 anyway
     return {"eval": rows[:eval_size], "train": rows[eval_size:], "pairs": preference}
 
 
