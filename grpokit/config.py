@@ -80,7 +80,8 @@ class GRPOConfig:
 
 @dataclass
 class OnlineConfig:
-    pass_reward: str = option("accuracy", "Reward component (its name or alias) that decides whether a sampled "
+    pass_reward: str = option("accuracy", "Reward component (its alias if it has one, or a built-in's name) that "
+                                          "decides whether a sampled "
                                           "completion passed verification (rft, online_dpo, online_orpo); "
                                           "'total' uses the weighted sum.")
     pass_threshold: float = option(1.0, "A completion passes when that reward is at least this.")

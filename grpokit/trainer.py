@@ -25,7 +25,7 @@ from grpokit.errors import GrpokitError
 from grpokit.evaluation import evaluate
 from grpokit.methods import METHODS, ONLINE, PAIR_DATA, Method, ScoredGroups
 from grpokit.methods.sft import sft_step
-from grpokit.methods.verified import check_pass_reward, passed
+from grpokit.methods.verified import check_pass_reward, passed, resolve_pass_reward
 from grpokit.modeling import autocast, load_model, load_tokenizer
 from grpokit.optim import build_optimizer, build_scheduler
 from grpokit.plots import plot_training
@@ -80,8 +80,8 @@ def prepare_inputs(config: Config) -> Inputs:
                            "use bfloat16, or float16 only with `grpokit eval`.")
     components = build_reward_components(config.rewards)
     d, method, o = config.data, config.train.method, config.offline
-    if method in ("rft", "online_dpo", "online_orpo"):
-        check_pass_reward(config.online.pass_reward, [c.name for c in components])
+    if method in ("rft", "online_dpo", "online_orpo"):  # they train on "passed"; the others only report it
+        check_pass_reward(config.online.pass_reward, components)
     if not d.train:
         raise GrpokitError("no training data given: set data.train (a .jsonl/.parquet/.csv file or a folder).")
     # What each method needs of a training row: online methods verify answers against ground
@@ -236,11 +236,14 @@ class Trainer:
             self.run.append(self.run.errors_path, [{"step": step, **e} for e in scores.errors])
         check_error_rate(scores, c.verify.max_error_rate)  # before the update: never step on a broken verifier
         rewards_B = torch.tensor(scores.total, dtype=torch.float32)
-        passed_B = passed(scores.components, scores.total, c.online.pass_reward, c.online.pass_threshold)
+        pass_key = resolve_pass_reward(c.online.pass_reward, self.inputs.components)
+        passed_B, scored_B = (passed(scores.components, scores.total, pass_key, c.online.pass_threshold)
+                              if pass_key is not None else (None, None))
         t2 = time.perf_counter()
         self.model.train()
         lr = scheduler.get_last_lr()[0]  # the rate this step's first update uses
-        update = self.method.update(optimizer, scheduler, ref_model, ScoredGroups(rollout, rewards_B, passed_B, G))
+        groups = ScoredGroups(rollout, rewards_B, passed_B, G, scored_B)
+        update = self.method.update(optimizer, scheduler, ref_model, groups)
         t3 = time.perf_counter()
         self._guard(step, update)
         advantages_B = update.pop("advantages_B", None)
@@ -255,8 +258,9 @@ class Trainer:
                 row[key] = row[f"reward/{component.name}"]
         row.update({
             "reward_std": rewards_B.std().item(),
-            "pass_rate": passed_B.float().mean().item(),
-            "zero_variance_fraction": zero_variance_groups(rewards_B.view(-1, G)).float().mean().item(),
+            "pass_rate": passed_B.float().mean().item() if passed_B is not None else None,
+            "zero_variance_fraction": (zero_variance_groups(rewards_B.view(-1, G)).float().mean().item()
+                                       if G > 1 else None),  # a group of one has no variance to speak of
             "mean_length": lengths.mean().item(),
             "truncation_rate": rollout.truncated_B.float().mean().item(),
             **update,
@@ -275,7 +279,7 @@ class Trainer:
             self.run.log_rollouts([
                 {"step": step, "prompt": self.train_prompts[rows[i // G]], "answer": examples[i].answer,
                  "completion": rollout.completions[i], "rewards": {k: v[i] for k, v in scores.components.items()},
-                 "reward": scores.total[i], "passed": bool(passed_B[i]),
+                 "reward": scores.total[i], "passed": bool(passed_B[i]) if passed_B is not None else None,
                  **({"advantage": advantages_B[i].item()} if advantages_B is not None else {}),
                  "truncated": bool(rollout.truncated_B[i])}
                 for i in range(len(examples))

@@ -143,3 +143,15 @@ def test_example_configs_validate_against_the_tiny_task(tiny_home, path):
                                 f"data.eval={tiny_home['eval']}"])
     inputs = prepare_inputs(config)  # rewards, rows, fields the method needs, prompts rendered
     assert inputs.train and inputs.eval
+
+
+@pytest.mark.parametrize("method", ["grpo", "ppo"])
+def test_methods_that_do_not_train_on_passed_run_without_an_accuracy_reward(tiny_home, tmp_path, method):
+    out = tmp_path / "run"
+    overrides = _overrides(tiny_home, out, method, tmp_path, "train.steps=1",
+                           f"rewards=[{{name: '{FIXTURES}:length_bonus', max_chars: 6}}]",
+                           "online.pass_reward=accuracy")
+    train(load_config(None, overrides))
+    (row,) = _train_rows(out)
+    assert row["pass_rate"] is None and row["loss"] is not None and "passed" in json.loads(
+        (out / "rollouts.jsonl").read_text().splitlines()[0])

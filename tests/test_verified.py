@@ -6,21 +6,27 @@ import pytest
 import torch
 
 from grpokit.errors import GrpokitError
-from grpokit.methods.verified import check_pass_reward, passed, preference_pairs, rft_rows
+from grpokit.methods.verified import check_pass_reward, passed, preference_pairs, resolve_pass_reward, rft_rows
+from grpokit.rewards import build_reward_components
 
 
 def test_passed_uses_the_named_component_and_never_passes_a_failed_score():
     components = {"accuracy": [1.0, 0.0, None, 1.0], "format": [1.0, 1.0, 1.0, 0.0]}
     total = [1.1, 0.1, 0.1, 1.0]
-    assert passed(components, total, "accuracy", 1.0).tolist() == [True, False, False, True]
-    assert passed(components, total, "format", 0.5).tolist() == [True, True, True, False]
-    assert passed(components, total, "total", 1.05).tolist() == [True, False, False, False]
+    passed_B, scored_B = passed(components, total, "accuracy", 1.0)
+    assert passed_B.tolist() == [True, False, False, True] and scored_B.tolist() == [True, True, False, True]
+    assert passed(components, total, "format", 0.5)[0].tolist() == [True, True, True, False]
+    assert passed(components, total, "total", 1.05)[0].tolist() == [True, False, False, False]
 
 
-def test_unknown_pass_reward_is_an_error_naming_the_choices():
-    with pytest.raises(GrpokitError, match="online.pass_reward.*'acc'.*accuracy, format"):
-        check_pass_reward("acc", ["accuracy", "format"])
-    check_pass_reward("total", ["accuracy"])
+def test_pass_reward_resolves_names_aliases_and_aliased_builtins():
+    components = build_reward_components([{"name": "accuracy", "alias": "acc"}, "format"])
+    assert check_pass_reward("acc", components) == "acc"
+    assert check_pass_reward("accuracy", components) == "acc"  # the built-in, running under its alias
+    assert check_pass_reward("total", components) == "total"
+    with pytest.raises(GrpokitError, match="online.pass_reward.*'correct'.*acc, format"):
+        check_pass_reward("correct", components)
+    assert resolve_pass_reward("accuracy", build_reward_components(["format"])) is None
 
 
 def test_rft_keeps_passing_completions_once_per_distinct_text_within_a_group():
@@ -29,6 +35,9 @@ def test_rft_keeps_passing_completions_once_per_distinct_text_within_a_group():
     passed_B = torch.tensor([True, True, True, False, True, False, False, False])
     assert rft_rows(passed_B, completions, group_size=4) == [0, 2, 4]
     assert rft_rows(torch.zeros(8, dtype=torch.bool), completions, group_size=4) == []
+    # a truncated completion (no EOS) is never imitated, even when its answer verified
+    truncated = torch.tensor([True, False, False, False, False, False, False, False])
+    assert rft_rows(passed_B, completions, group_size=4, truncated_B=truncated) == [1, 2, 4]
 
 
 def test_pairs_come_from_one_prompt_and_mixed_groups_only():
@@ -58,3 +67,13 @@ def test_pairs_never_join_equal_texts_and_random_rule_is_seeded():
     a = preference_pairs(passed_B, rewards_B, completions, 4, rule="random", pairs_per_prompt=1, rng=random.Random(7))
     b = preference_pairs(passed_B, rewards_B, completions, 4, rule="random", pairs_per_prompt=1, rng=random.Random(7))
     assert a == b
+
+
+def test_a_completion_whose_verifier_failed_is_on_neither_side_of_a_pair():
+    completions = ["w", "unknown", "l"]
+    passed_B = torch.tensor([True, False, False])
+    scored_B = torch.tensor([True, False, True])
+    rewards_B = torch.tensor([1.0, 0.0, 0.5])
+    pairs = preference_pairs(passed_B, rewards_B, completions, 3, rule="reward_gap", pairs_per_prompt=2,
+                             rng=random.Random(0), scored_B=scored_B)
+    assert pairs == [(0, 2)]  # without scored_B, "unknown" (reward 0.0) would have been the rejected one

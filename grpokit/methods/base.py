@@ -23,15 +23,15 @@ class ScoredGroups:
 
     rollout: Rollout
     rewards_B: torch.Tensor  # (B,) total reward of each completion
-    passed_B: torch.Tensor  # (B,) bool: passed verification (online.pass_reward >= online.pass_threshold)
+    passed_B: torch.Tensor | None  # (B,) bool: online.pass_reward >= online.pass_threshold (None: no such reward)
     group_size: int
+    scored_B: torch.Tensor | None = None  # (B,) bool: that reward could be computed (no error or timeout)
 
 
 class Method:
     """Base of every update rule. Subclasses set `online` and implement `update`."""
 
     online: bool = True
-    temperature_from_sampling: bool = True  # policy-gradient ratios use the sampling temperature
 
     def __init__(self, config: Config, model, tokenizer):
         self.config, self.model, self.tokenizer = config, model, tokenizer

@@ -72,14 +72,15 @@ class PPO(Method):
         torch.save(self.value_optimizer.state_dict(), folder / "value_optimizer.pt")
 
     def load_extra(self, folder: Path) -> None:
-        self.value_model = ValueModel.load(folder / "value_model", device=self.device)
+        self.value_model = ValueModel.load(folder / "value_model", device=self.device,
+                                           trust_remote_code=self.config.model.trust_remote_code)
         self.value_optimizer = self._value_optimizer()
         self.value_optimizer.load_state_dict(torch.load(folder / "value_optimizer.pt", weights_only=True))
 
     def extra_state_bytes(self) -> int:
         optimizer_bytes = sum(t.numel() * t.element_size() for s in self.value_optimizer.state.values()
                               for t in s.values() if torch.is_tensor(t))
-        return parameter_bytes(self.value_model) + optimizer_bytes
+        return 2 * parameter_bytes(self.value_model) + optimizer_bytes  # weights, gradients, AdamW moments
 
     # ------------------------------------------------------------------ the update
     def update(self, optimizer, scheduler, ref_model, data: ScoredGroups) -> dict:
@@ -103,14 +104,14 @@ class PPO(Method):
                 out[rows, : part.shape[1]] = part.float()
             return out
 
-        self.model.eval()
-        self.value_model.eval()
+        # Train mode for the old passes too (as GRPO): with dropout, eval-mode old log-probs would
+        # make the first ratio differ from 1 by noise alone.
+        self.model.train()
+        self.value_model.train()
         with torch.no_grad():
             old_logp_BC = full([logprobs(self.model, b) for b in batches])
             old_values_BC = full([values(b) for b in batches])
             ref_logp_BC = full([logprobs(ref_model, b) for b in batches]) if self.needs_reference() else None
-        self.model.train()
-        self.value_model.train()
         rewards_BC = token_rewards(data.rewards_B.to(self.device), lengths_B, old_logp_BC, ref_logp_BC, mask_BC,
                                    p.kl_coef)
         advantages_BC, returns_BC = gae(rewards_BC, old_values_BC, mask_BC, gamma=p.gamma, lam=p.lam)
@@ -139,8 +140,9 @@ class PPO(Method):
                 loss.backward()
                 value_loss += loss.item()
                 sums["value_clipped"] += m["value_clipped_tokens"]
-            value_grad_norm, _ = optimizer_step(self.value_model, self.value_optimizer, None, c.optim.max_grad_norm,
-                                                math.isfinite(value_loss))
+            value_grad_norm, value_stepped = optimizer_step(self.value_model, self.value_optimizer, None,
+                                                            c.optim.max_grad_norm, math.isfinite(value_loss))
+            sums["value_skipped"] = sums.get("value_skipped", 0) + (not value_stepped)
             skipped += not stepped
             trailing = 0 if stepped else trailing + 1
             for key, v in (("loss", policy_loss), ("value_loss", value_loss), ("grad_norm", grad_norm),
@@ -161,7 +163,9 @@ class PPO(Method):
             "mean_value": old_values_BC[valid].mean().item(),
             # 1 - Var(returns - V) / Var(returns): how much of the return the critic already predicts
             "explained_variance": (1 - residual.var() / returns_BC[valid].var().clamp(min=1e-8)).item(),
-            "tokens_backpropagated": norm.num_tokens,  # policy tokens; the value model backpropagates as many
+            "tokens_backpropagated": tokens_seen,  # policy, all epochs (as GRPO counts its iterations)
+            "value_tokens_backpropagated": tokens_seen,  # the critic's backward passes, on top
             "skipped_updates": skipped,
+            "value_skipped_updates": int(sums.get("value_skipped", 0)),
             "trailing_skips": trailing,
         }

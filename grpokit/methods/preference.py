@@ -106,7 +106,8 @@ class OnlinePairs(_PairMethod):
         # One generator per step, from the seed and the step: a resumed run builds the same pairs.
         rng = random.Random(self.config.train.seed * 1_000_003 + self.step)
         pairs = preference_pairs(data.passed_B, data.rewards_B, data.rollout.completions, data.group_size,
-                                 rule=o.pair_rule, pairs_per_prompt=o.pairs_per_prompt, rng=rng)
+                                 rule=o.pair_rule, pairs_per_prompt=o.pairs_per_prompt, rng=rng,
+                                 scored_B=data.scored_B)
         if not pairs:
             return {**skipped_update("no group had both a passing and a failing completion", scheduler), "pairs": 0}
         rows = [w for w, _ in pairs] + [r for _, r in pairs]

@@ -56,14 +56,14 @@ class SFT(Method):
 
 
 class RFT(Method):
-    """Online: SFT on the step's sampled completions that passed verification, deduplicated.
+    """Online: SFT on the step's sampled completions that passed verification (not truncated), deduplicated.
 
     The sampled token ids are trained on directly (no decode and re-encode round trip). A step
     where nothing passed has nothing to imitate: it is counted and makes no update.
     """
 
     def update(self, optimizer, scheduler, ref_model, data: ScoredGroups) -> dict:
-        rows = rft_rows(data.passed_B, data.rollout.completions, data.group_size)
+        rows = rft_rows(data.passed_B, data.rollout.completions, data.group_size, data.rollout.truncated_B)
         if not rows:
             return skipped_update("no completion passed verification", scheduler)
         tokens = data.rollout.tokens.to(self.device).select(rows)
