@@ -193,7 +193,6 @@ class Trainer:
             scheduler.load_state_dict(state["scheduler"])
             first_step, self.train_seconds = state["step"] + 1, state["train_seconds"]
             self.consecutive_skips = state["consecutive_skips"]
-        self.summary["trained_state_mb"] = self.trained_state_bytes(optimizer, ref_model) / 2**20
         step_fn = self.online_step if self.method.online else self.offline_step
         bar = _progress(c.train.steps, c.train.progress, initial=first_step - 1)
         for step in range(first_step, c.train.steps + 1):
@@ -209,6 +208,7 @@ class Trainer:
                 self.checkpoint(step, optimizer, scheduler)
         bar.close()
         self.summary["train_seconds"] = self.train_seconds
+        # measured after training: AdamW allocates its moments at the first step
         self.summary["trained_state_mb"] = self.trained_state_bytes(optimizer, ref_model) / 2**20
 
     def trained_state_bytes(self, optimizer, ref_model) -> int:

@@ -120,7 +120,7 @@ class PPO(Method):
 
         norm = BatchNorm(num_sequences=len(tokens), num_tokens=int(mask_BC.sum()), max_len=c.sampling.max_new_tokens)
         sums = {"loss": 0.0, "value_loss": 0.0, "clipped": 0.0, "value_clipped": 0.0, "grad_norm": 0.0,
-                "value_grad_norm": 0.0}
+                "value_grad_norm": 0.0, "value_skipped": 0}
         skipped = trailing = 0
         for _ in range(p.epochs):
             policy_loss = value_loss = 0.0
@@ -142,7 +142,7 @@ class PPO(Method):
                 sums["value_clipped"] += m["value_clipped_tokens"]
             value_grad_norm, value_stepped = optimizer_step(self.value_model, self.value_optimizer, None,
                                                             c.optim.max_grad_norm, math.isfinite(value_loss))
-            sums["value_skipped"] = sums.get("value_skipped", 0) + (not value_stepped)
+            sums["value_skipped"] += not value_stepped
             skipped += not stepped
             trailing = 0 if stepped else trailing + 1
             for key, v in (("loss", policy_loss), ("value_loss", value_loss), ("grad_norm", grad_norm),
@@ -166,6 +166,6 @@ class PPO(Method):
             "tokens_backpropagated": tokens_seen,  # policy, all epochs (as GRPO counts its iterations)
             "value_tokens_backpropagated": tokens_seen,  # the critic's backward passes, on top
             "skipped_updates": skipped,
-            "value_skipped_updates": int(sums.get("value_skipped", 0)),
+            "value_skipped_updates": int(sums["value_skipped"]),
             "trailing_skips": trailing,
         }
