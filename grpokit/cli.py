@@ -104,7 +104,8 @@ def cmd_eval(args) -> int:
     result = evaluate(model, tokenizer, prompts, [ex.answer for ex in examples], components,
                       max_new_tokens=args.max_new_tokens or config.eval.max_new_tokens
                       or config.sampling.max_new_tokens,
-                      batch_size=config.eval.batch_size, k=args.k, temperature=config.sampling.temperature)
+                      batch_size=config.eval.batch_size, k=args.k, temperature=config.sampling.temperature,
+                      engine=config.sampling.engine)
     samples = result.pop("samples")
     if args.json:
         print(json.dumps(result))

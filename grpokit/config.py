@@ -61,6 +61,9 @@ class SamplingConfig:
     group_size: int = option(8, "G: completions sampled per prompt.")
     max_new_tokens: int = option(64, "Longest completion; longer ones are cut and counted as truncated.")
     temperature: float = option(1.0, "Sampling temperature (> 0); the trainer's log-probs use the same value.")
+    engine: str = option("grpokit", "Sampler: grpokit (KV-cached loop, each prompt encoded once per group; models "
+                                    "with sliding-window or linear-attention caches fall back to generate) or "
+                                    "transformers (model.generate).")
 
 
 @dataclass
@@ -175,6 +178,9 @@ class TrainConfig:
     log_rollouts: bool = option(True, "Write every sampled completion with its rewards to rollouts.jsonl.")
     progress: bool = option(True, "Show a progress bar.")
     threads: int | None = option(None, "torch CPU threads (default: torch's choice).")
+    share_prompt_forward: bool = option(True, "Training forward passes run each distinct prompt of a micro-batch "
+                                              "once (a GRPO group, a DPO pair) and let its completions read it "
+                                              "from the KV cache: same log-probs and gradients, less compute.")
 
 
 @dataclass
@@ -206,6 +212,7 @@ CHOICES = {
     "data.dataset_format": ("auto", "gsm8k"),
     "grpo.baseline": ("mean", "leave_one_out"),
     "grpo.aggregation": ("sequence", "token", "constant"),
+    "sampling.engine": ("grpokit", "transformers"),
     "optim.schedule": ("constant", "linear", "cosine"),
     "warmup.schedule": ("constant", "linear", "cosine"),
     "online.pair_rule": ("random", "reward_gap"),

@@ -48,6 +48,7 @@ def evaluate(
     batch_size: int = 128,
     k: int = 0,
     temperature: float = 1.0,
+    engine: str = "grpokit",
 ) -> dict:
     """Greedy decoding on every prompt; with k > 1, also k samples each for pass@k and maj@k.
 
@@ -60,7 +61,7 @@ def evaluate(
     correct, formatted, lengths, truncated, outputs = [], [], [], [], []
     for i in range(0, len(prompts), batch_size):
         rollout = sample(model, tokenizer, prompts[i: i + batch_size], group_size=1,
-                         max_new_tokens=max_new_tokens, temperature=0.0)
+                         max_new_tokens=max_new_tokens, temperature=0.0, engine=engine)
         for text, answer in zip(rollout.completions, answers[i: i + batch_size]):
             correct.append(_score(accuracy_c, text, answer))
             formatted.append(_score(format_c, text, answer))
@@ -78,29 +79,29 @@ def evaluate(
     if k > 1:
         result.update(_pass_and_majority(model, tokenizer, prompts, answers, accuracy_c, k=k,
                                          max_new_tokens=max_new_tokens, temperature=temperature,
-                                         batch_size=max(1, batch_size // k)))
+                                         batch_size=max(1, batch_size // k), engine=engine))
     result["seconds"] = time.perf_counter() - start
     result["samples"] = [{"completion": o, "correct": c} for o, c in zip(outputs[:8], correct[:8])]
     return result
 
 
 def _pass_and_majority(model, tokenizer, prompts, answers, accuracy_c, *, k, max_new_tokens, temperature,
-                       batch_size, seed: int = 0) -> dict:
+                       batch_size, engine: str, seed: int = 0) -> dict:
     # Its own seeded RNG stream: evaluating must not change what training samples next.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return _pass_and_majority_unseeded(model, tokenizer, prompts, answers, accuracy_c, k=k,
                                            max_new_tokens=max_new_tokens, temperature=temperature,
-                                           batch_size=batch_size)
+                                           batch_size=batch_size, engine=engine)
 
 
 def _pass_and_majority_unseeded(model, tokenizer, prompts, answers, accuracy_c, *, k, max_new_tokens,
-                                temperature, batch_size) -> dict:
+                                temperature, batch_size, engine: str) -> dict:
     extract_mode = accuracy_c.kwargs.get("extract", "auto")
     passed = majority = 0
     for i in range(0, len(prompts), batch_size):
         rollout = sample(model, tokenizer, prompts[i: i + batch_size], group_size=k,
-                         max_new_tokens=max_new_tokens, temperature=temperature)
+                         max_new_tokens=max_new_tokens, temperature=temperature, engine=engine)
         for j, answer in enumerate(answers[i: i + batch_size]):
             group = rollout.completions[j * k: (j + 1) * k]
             passed += any(_score(accuracy_c, text, answer) > 0 for text in group)

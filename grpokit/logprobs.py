@@ -46,3 +46,53 @@ def completion_logprobs(
     )
     logits = out.logits[:, :-1]  # position t predicts token t + 1
     return gather_logprobs(logits, input_ids_BT[:, prompt_len:], temperature)
+
+
+def token_logprobs(model, batch, temperature: float, share_prompts: bool = True) -> torch.Tensor:
+    """Log-probs of `batch`'s completion tokens (a `TokenBatch`), (B, C).
+
+    With share_prompts, rows whose prompt is identical (a GRPO group, a DPO pair) run the prompt
+    through the model once: its keys/values are indexed out to every row that shares it and the
+    completions attend to them through the KV cache. The result and its gradient are those of the
+    plain forward (same maths, prompt computed once; tests compare both to float precision).
+    """
+    prompt_len = batch.prompt_ids_BP.shape[1]
+    if share_prompts and batch.completion_ids_BC.shape[1] > 0 and _can_share_prompts(model):
+        key_BK = torch.cat([batch.prompt_ids_BP, batch.prompt_mask_BP], dim=1)
+        unique_UK, row_to_prompt_B = torch.unique(key_BK, dim=0, return_inverse=True)
+        if len(unique_UK) < len(key_BK):
+            return _shared_prompt_logprobs(model, unique_UK[:, :prompt_len], unique_UK[:, prompt_len:],
+                                           row_to_prompt_B, batch, temperature)
+    return completion_logprobs(model, batch.input_ids(), batch.attention_mask(), prompt_len, temperature)
+
+
+def _can_share_prompts(model) -> bool:
+    from grpokit.decoding import supports_cached_decoding
+
+    # Gradient checkpointing re-runs layers without the cache; keep the plain path there.
+    checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.x names
+    if checkpointing is None:
+        checkpointing = getattr(model, "is_gradient_checkpointing", False)
+    return not checkpointing and supports_cached_decoding(model)
+
+
+def _shared_prompt_logprobs(model, prompt_ids_UP, prompt_mask_UP, row_to_prompt_B, batch, temperature: float
+                            ) -> torch.Tensor:
+    from transformers import DynamicCache
+
+    from grpokit.decoding import cache_argument
+
+    cache_kw = cache_argument(model)
+    prompt_cache = DynamicCache()
+    out = model(input_ids=prompt_ids_UP, attention_mask=prompt_mask_UP,
+                position_ids=position_ids_from_mask(prompt_mask_UP), use_cache=True, logits_to_keep=1,
+                **{cache_kw: prompt_cache})
+    first_logits_BV = out.logits[:, -1][row_to_prompt_B]  # the last prompt position predicts completion token 0
+    row_cache = DynamicCache(ddp_cache_data=[(layer.keys[row_to_prompt_B], layer.values[row_to_prompt_B])
+                                             for layer in prompt_cache.layers])
+    attention_mask_BT = batch.attention_mask()
+    completion_positions_BC = position_ids_from_mask(attention_mask_BT)[:, batch.prompt_ids_BP.shape[1]:]
+    out = model(input_ids=batch.completion_ids_BC, attention_mask=attention_mask_BT,
+                position_ids=completion_positions_BC, use_cache=True, **{cache_kw: row_cache})
+    logits_BCV = torch.cat([first_logits_BV[:, None], out.logits[:, :-1]], dim=1)
+    return gather_logprobs(logits_BCV, batch.completion_ids_BC, temperature)

@@ -1,4 +1,5 @@
-"""Sampling G completions per prompt with Hugging Face `generate` (KV cache on).
+"""Sampling G completions per prompt: grpokit's KV-cached loop (`grpokit.decoding`), or
+Hugging Face `generate` for models that loop cannot serve (sampling.engine).
 
 Returns everything the update needs: token ids, the completion mask (EOS included, so the
 model learns to stop), whether each completion was truncated, and the per-token log-probs of
@@ -13,6 +14,9 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from grpokit.batching import TokenBatch, encode_prompts, pad_id
+from grpokit.decoding import decode, supports_cached_decoding
+
+ENGINES = ("grpokit", "transformers")
 
 
 @dataclass
@@ -96,37 +100,31 @@ def sample(
     group_size: int,
     max_new_tokens: int,
     temperature: float,
+    engine: str = "grpokit",
 ) -> Rollout:
-    """Draw `group_size` completions for each prompt. temperature 0 means greedy decoding."""
+    """Draw `group_size` completions for each prompt. temperature 0 means greedy decoding.
+
+    engine "grpokit" uses the cached loop where the model supports it and `generate` otherwise;
+    "transformers" always uses `generate`.
+    """
     device = next(model.parameters()).device
-    prompt_ids_BP, prompt_mask_BP = encode_prompts(tokenizer, prompts)
-    prompt_ids_BP = prompt_ids_BP.repeat_interleave(group_size, dim=0).to(device)
-    prompt_mask_BP = prompt_mask_BP.repeat_interleave(group_size, dim=0).to(device)
+    prompt_ids_NP, prompt_mask_NP = encode_prompts(tokenizer, prompts)
+    prompt_ids_NP, prompt_mask_NP = prompt_ids_NP.to(device), prompt_mask_NP.to(device)
+    prompt_ids_BP = prompt_ids_NP.repeat_interleave(group_size, dim=0)
+    prompt_mask_BP = prompt_mask_NP.repeat_interleave(group_size, dim=0)
     stop_ids = stop_token_ids(tokenizer, model)
-    greedy = temperature == 0
-    config = GenerationConfig(
-        do_sample=not greedy,
-        temperature=None if greedy else temperature,
-        top_k=None if greedy else 0,
-        top_p=None if greedy else 1.0,
-        repetition_penalty=1.0,  # explicit, so a model's own generation_config cannot add one
-        max_new_tokens=max_new_tokens,
-        eos_token_id=stop_ids,
-        pad_token_id=pad_id(tokenizer),
-        use_cache=True,
-    )
-    recorder = _LogprobRecorder(temperature=1.0 if greedy else temperature)
     was_training = model.training
     model.eval()
-    sequences = model.generate(
-        input_ids=prompt_ids_BP,
-        attention_mask=prompt_mask_BP,
-        generation_config=config,
-        logits_processor=LogitsProcessorList([recorder]),
-    )
-    model.train(was_training)
-    completion_ids_BC = sequences[:, prompt_ids_BP.shape[1]:]
-    logprobs_BC = recorder.finish(completion_ids_BC[:, -1])
+    try:
+        if engine == "grpokit" and supports_cached_decoding(model):
+            completion_ids_BC, logprobs_BC = decode(
+                model, prompt_ids_NP, prompt_mask_NP, group_size=group_size, max_new_tokens=max_new_tokens,
+                temperature=temperature, stop_ids=stop_ids, pad_id=pad_id(tokenizer))
+        else:
+            completion_ids_BC, logprobs_BC = _generate(model, tokenizer, prompt_ids_BP, prompt_mask_BP,
+                                                       max_new_tokens, temperature, stop_ids)
+    finally:
+        model.train(was_training)
     mask_BC, truncated_B = completion_mask(completion_ids_BC, stop_ids)
     # Decode each row up to its own length: filling the tail with some id would decode as text
     # in tokenizers whose id 0 is an ordinary character ("!" in Qwen and GPT-2).
@@ -140,3 +138,29 @@ def sample(
         completions=texts,
         group_size=group_size,
     )
+
+
+def _generate(model, tokenizer, prompt_ids_BP, prompt_mask_BP, max_new_tokens: int, temperature: float,
+              stop_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`model.generate` with the sampling log-probs recorded: (completion ids, log-probs)."""
+    greedy = temperature == 0
+    config = GenerationConfig(
+        do_sample=not greedy,
+        temperature=None if greedy else temperature,
+        top_k=None if greedy else 0,
+        top_p=None if greedy else 1.0,
+        repetition_penalty=1.0,  # explicit, so a model's own generation_config cannot add one
+        max_new_tokens=max_new_tokens,
+        eos_token_id=stop_ids,
+        pad_token_id=pad_id(tokenizer),
+        use_cache=True,
+    )
+    recorder = _LogprobRecorder(temperature=1.0 if greedy else temperature)
+    sequences = model.generate(
+        input_ids=prompt_ids_BP,
+        attention_mask=prompt_mask_BP,
+        generation_config=config,
+        logits_processor=LogitsProcessorList([recorder]),
+    )
+    completion_ids_BC = sequences[:, prompt_ids_BP.shape[1]:]
+    return completion_ids_BC, recorder.finish(completion_ids_BC[:, -1])

@@ -148,7 +148,7 @@ class Trainer:
         c = self.config
         result = evaluate(self.model, self.tokenizer, self.eval_prompts, [ex.answer for ex in self.inputs.eval],
                           self.inputs.components, max_new_tokens=c.eval.max_new_tokens or c.sampling.max_new_tokens,
-                          batch_size=c.eval.batch_size)
+                          batch_size=c.eval.batch_size, engine=c.sampling.engine)
         self.run.log_metrics({"step": step, "phase": label, "eval_accuracy": result["accuracy"],
                               "eval_format_rate": result["format_rate"], "eval_mean_length": result["mean_length"],
                               "eval_seconds": result["seconds"], "train_seconds": self.train_seconds})
@@ -166,7 +166,8 @@ class Trainer:
         for i, rows in enumerate(batch_indices(len(self.train_prompts), w.batch_size, w.steps, rng)):
             metrics = sft_step(self.model, self.tokenizer, optimizer, [self.train_prompts[r] for r in rows],
                                [completions[r] for r in rows], micro_batch_size=c.optim.micro_batch_size,
-                               max_grad_norm=c.optim.max_grad_norm, scheduler=scheduler)
+                               max_grad_norm=c.optim.max_grad_norm, scheduler=scheduler,
+                               share_prompts=c.train.share_prompt_forward)
             self.run.log_metrics({"step": i + 1, "phase": "warmup", **metrics})
 
     # ------------------------------------------------------------------ the method
@@ -227,7 +228,8 @@ class Trainer:
         t0 = time.perf_counter()
         prompts = [self.train_prompts[r] for r in rows]
         rollout = sample(self.model, self.tokenizer, prompts, group_size=G,
-                         max_new_tokens=c.sampling.max_new_tokens, temperature=c.sampling.temperature)
+                         max_new_tokens=c.sampling.max_new_tokens, temperature=c.sampling.temperature,
+                         engine=c.sampling.engine)
         t1 = time.perf_counter()
         examples = [self.inputs.train[r] for r in rows for _ in range(G)]
         scores = self.scorer.score([p for p in prompts for _ in range(G)], rollout.completions,

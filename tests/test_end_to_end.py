@@ -58,8 +58,9 @@ def test_metrics_and_rollouts_files(run):
     for r in steps:
         assert STEP_FIELDS <= set(r), STEP_FIELDS - set(r)
         assert r["tokens_backpropagated"] == r["tokens_generated"] > 0
-    # beta 0.04: KL to the reference is exactly 0 before the first update, positive after it
-    assert steps[0]["kl"] == 0.0 and steps[1]["kl"] > 0
+    # beta 0.04: KL to the reference is 0 before the first update (up to float rounding: the frozen
+    # reference runs without autograd, which may pick other kernels), clearly positive after it
+    assert abs(steps[0]["kl"]) < 1e-9 and steps[1]["kl"] > 1e-6
     # the learning rate logged is the one the step used: linear warm-up over 2 steps
     assert [r["lr"] for r in steps] == pytest.approx([0.0005, 0.001])
     assert {r["phase"] for r in rows} >= {"warmup", "initial", "before", "after", "train"}

@@ -93,3 +93,38 @@ def test_a_step_where_every_sample_is_skipped_still_moves_adam_like_zero_gradien
     for a, b in zip(*(f.parameters() for f in finals)):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
     assert any(not torch.equal(a, start) for a, start in zip(finals[0].parameters(), model.parameters()))
+
+
+@pytest.mark.parametrize("overrides", [
+    ["grpo.aggregation=token"],
+    ["grpo.aggregation=sequence", "grpo.beta=0.1"],
+    ["grpo.aggregation=constant", "grpo.num_iterations=2"],
+])
+def test_prompt_shared_forward_gives_the_same_update(tiny_model_and_tokenizer, rollout, overrides):
+    """Each group's prompt run once and read from the KV cache == every row running its own prompt."""
+    model, _ = tiny_model_and_tokenizer
+    torch.manual_seed(0)
+    shared, m_shared = _update(model, rollout, 8, ["train.share_prompt_forward=true", *overrides])
+    torch.manual_seed(0)
+    plain, m_plain = _update(model, rollout, 8, ["train.share_prompt_forward=false", *overrides])
+    for (name, a), b in zip(shared.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+    assert m_shared["loss"] == pytest.approx(m_plain["loss"], abs=1e-6)
+    assert any((a - b).abs().max() > 1e-4 for a, b in zip(shared.parameters(), model.parameters()))
+
+
+def test_prompt_shared_log_probs_equal_the_plain_forward_for_pairs_and_groups(tiny_model_and_tokenizer, rollout):
+    from grpokit.batching import encode_pairs
+    from grpokit.logprobs import _can_share_prompts, completion_logprobs, token_logprobs
+
+    model, tokenizer = tiny_model_and_tokenizer
+    assert _can_share_prompts(model), "the tiny Llama must take the shared path, or this test compares nothing"
+    pairs = encode_pairs(tokenizer, ["Q: What is 1 + 2?\nA: ", "Q: What is 30 + 4?\nA: "] * 2,
+                         ["<think>1+2=3</think><answer>3</answer>", "<think>3</think><answer>34</answer>",
+                          "<answer>4</answer>", "<think>30+4=35</think><answer>35</answer>"])  # DPO-style rows
+    for batch in (rollout.tokens, pairs):
+        plain = completion_logprobs(model, batch.input_ids(), batch.attention_mask(), batch.prompt_ids_BP.shape[1],
+                                    0.7)
+        shared = token_logprobs(model, batch, 0.7, share_prompts=True)
+        mask = batch.completion_mask_BC
+        torch.testing.assert_close(shared * mask, plain * mask, atol=1e-5, rtol=0)

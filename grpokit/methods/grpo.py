@@ -17,7 +17,7 @@ import torch
 from grpokit.advantages import group_advantages, zero_variance_groups
 from grpokit.batching import micro_batches
 from grpokit.config import Config
-from grpokit.logprobs import completion_logprobs
+from grpokit.logprobs import token_logprobs
 from grpokit.losses import BatchNorm, grpo_loss
 from grpokit.methods.base import Method, ScoredGroups
 from grpokit.optim import optimizer_step
@@ -35,18 +35,13 @@ def compute_advantages(rewards_B: torch.Tensor, group_size: int, cfg, *, baselin
     return advantages_NG.reshape(-1), zero_variance_groups(rewards_NG).float().mean().item()
 
 
-def _logprobs(model, batch, temperature: float) -> torch.Tensor:
-    return completion_logprobs(model, batch.input_ids(), batch.attention_mask(),
-                               batch.prompt_ids_BP.shape[1], temperature)
-
-
 def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: torch.Tensor, config: Config,
                 ref_model=None) -> dict[str, float]:
     """num_iterations optimiser steps on one rollout; returns summed-then-averaged metrics."""
     cfg, device = config.grpo, next(model.parameters()).device
     tokens = rollout.tokens.to(device)
     advantages_B = advantages_B.to(device)
-    temperature = config.sampling.temperature
+    temperature, share = config.sampling.temperature, config.train.share_prompt_forward
     mask_BC = tokens.completion_mask_BC
     norm = BatchNorm(num_sequences=len(tokens), num_tokens=int(mask_BC.sum()),
                      max_len=config.sampling.max_new_tokens)
@@ -62,7 +57,7 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
     ref_logps = [None] * len(chunks)
     if cfg.beta != 0.0:
         with torch.no_grad():
-            ref_logps = [_logprobs(ref_model, tokens.select(rows), temperature) for rows in chunks]
+            ref_logps = [token_logprobs(ref_model, tokens.select(rows), temperature, share) for rows in chunks]
 
     old_logps: list[torch.Tensor | None] = [None] * len(chunks)
     totals = {"loss": 0.0, "clipped_tokens": 0.0, "kl_sum": 0.0, "tokens": 0.0, "grad_norm": 0.0}
@@ -71,7 +66,7 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
         iteration_loss = 0.0
         for i, rows in enumerate(chunks):
             batch = tokens.select(rows)
-            logp_BT = _logprobs(model, batch, temperature)
+            logp_BT = token_logprobs(model, batch, temperature, share)
             if iteration == 0:
                 # pi_old is the policy that sampled: numerically the current one (ratio 1, with gradient).
                 old_logps[i] = logp_BT.detach()

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from grpokit.batching import micro_batches
-from grpokit.logprobs import completion_logprobs
+from grpokit.logprobs import token_logprobs
 from grpokit.losses import BatchNorm, gae, ppo_policy_loss, ppo_value_loss
 from grpokit.methods.base import Method, ScoredGroups
 from grpokit.optim import optimizer_step
@@ -93,7 +93,7 @@ class PPO(Method):
         batches = [tokens.select(rows) for rows in chunks]
 
         def logprobs(model, b):
-            return completion_logprobs(model, b.input_ids(), b.attention_mask(), b.prompt_ids_BP.shape[1], T)
+            return token_logprobs(model, b, T, c.train.share_prompt_forward)
 
         def values(b):
             return self.value_model.values(b.input_ids(), b.attention_mask(), b.prompt_ids_BP.shape[1])

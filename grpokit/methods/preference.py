@@ -16,20 +16,15 @@ import random
 import torch
 
 from grpokit.batching import TokenBatch, encode_pairs, micro_batches
-from grpokit.logprobs import completion_logprobs
+from grpokit.logprobs import token_logprobs
 from grpokit.losses import dpo_loss, orpo_loss, sequence_logprob
 from grpokit.methods.base import Method, ScoredGroups, skipped_update
 from grpokit.methods.verified import preference_pairs
 from grpokit.optim import optimizer_step
 
 
-def _token_logprobs(model, batch: TokenBatch) -> torch.Tensor:
-    return completion_logprobs(model, batch.input_ids(), batch.attention_mask(), batch.prompt_ids_BP.shape[1],
-                               temperature=1.0)
-
-
 def pair_update(model, ref_model, optimizer, scheduler, tokens: TokenBatch, *, loss: str, beta: float = 0.1,
-                lam: float = 0.1, micro_batch_size: int, max_grad_norm: float) -> dict:
+                lam: float = 0.1, micro_batch_size: int, max_grad_norm: float, share_prompts: bool = True) -> dict:
     """One optimiser step of `loss` ("dpo" or "orpo") on the pairs (row i, row n + i) of `tokens`."""
     num_pairs = len(tokens) // 2
     chosen_tokens = int(tokens.completion_mask_BC[:num_pairs].sum())
@@ -37,11 +32,11 @@ def pair_update(model, ref_model, optimizer, scheduler, tokens: TokenBatch, *, l
     for pair_rows in micro_batches(num_pairs, max(1, micro_batch_size // 2)):
         batch = tokens.select(pair_rows + [num_pairs + i for i in pair_rows])
         n = len(pair_rows)
-        logp_BT = _token_logprobs(model, batch)
+        logp_BT = token_logprobs(model, batch, 1.0, share_prompts)
         if loss == "dpo":
             policy_B = sequence_logprob(logp_BT, batch.completion_mask_BC)
             with torch.no_grad():
-                ref_B = sequence_logprob(_token_logprobs(ref_model, batch), batch.completion_mask_BC)
+                ref_B = sequence_logprob(token_logprobs(ref_model, batch, 1.0, share_prompts), batch.completion_mask_BC)
             value, metrics = dpo_loss(policy_B[:n], policy_B[n:], ref_B[:n], ref_B[n:], beta=beta,
                                       num_pairs=num_pairs)
         else:
@@ -77,7 +72,7 @@ class _PairMethod(Method):
         c = self.config
         return pair_update(self.model, ref_model, optimizer, scheduler, tokens, loss=self.loss, beta=c.dpo.beta,
                            lam=c.orpo.lam, micro_batch_size=c.optim.micro_batch_size,
-                           max_grad_norm=c.optim.max_grad_norm)
+                           max_grad_norm=c.optim.max_grad_norm, share_prompts=c.train.share_prompt_forward)
 
 
 class OfflinePairs(_PairMethod):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from grpokit.batching import TokenBatch, encode_pairs, micro_batches
-from grpokit.logprobs import completion_logprobs
+from grpokit.logprobs import token_logprobs
 from grpokit.losses import BatchNorm, sft_loss
 from grpokit.methods.base import Method, ScoredGroups, skipped_update
 from grpokit.methods.verified import rft_rows
@@ -17,14 +17,13 @@ from grpokit.optim import optimizer_step
 
 
 def sft_update(model, optimizer, scheduler, tokens: TokenBatch, *, micro_batch_size: int,
-               max_grad_norm: float) -> dict:
+               max_grad_norm: float, share_prompts: bool = True) -> dict:
     """One optimiser step of SFT on the batch's completions, accumulated over micro-batches."""
     norm = BatchNorm(num_sequences=len(tokens), num_tokens=int(tokens.completion_mask_BC.sum()), max_len=0)
     total = 0.0
     for rows in micro_batches(len(tokens), micro_batch_size):
         batch = tokens.select(rows)
-        logp_BT = completion_logprobs(model, batch.input_ids(), batch.attention_mask(),
-                                      batch.prompt_ids_BP.shape[1], temperature=1.0)
+        logp_BT = token_logprobs(model, batch, 1.0, share_prompts)
         loss, _ = sft_loss(logp_BT, batch.completion_mask_BC, norm)
         loss.backward()
         total += loss.item()
@@ -34,12 +33,13 @@ def sft_update(model, optimizer, scheduler, tokens: TokenBatch, *, micro_batch_s
 
 
 def sft_step(model, tokenizer, optimizer, prompts: list[str], completions: list[str], *,
-             micro_batch_size: int, max_grad_norm: float, scheduler=None) -> dict[str, float]:
+             micro_batch_size: int, max_grad_norm: float, scheduler=None, share_prompts: bool = True
+             ) -> dict[str, float]:
     """One optimiser step of SFT on (prompt, completion) texts (the warm-up)."""
     device = next(model.parameters()).device
     tokens = encode_pairs(tokenizer, prompts, completions).to(device)
     return sft_update(model, optimizer, scheduler, tokens, micro_batch_size=micro_batch_size,
-                      max_grad_norm=max_grad_norm)
+                      max_grad_norm=max_grad_norm, share_prompts=share_prompts)
 
 
 class SFT(Method):
@@ -52,7 +52,8 @@ class SFT(Method):
         completions = [ex.fields[self.config.offline.completion_field] for ex in examples]
         return sft_step(self.model, self.tokenizer, optimizer, prompts, completions,
                         micro_batch_size=self.config.optim.micro_batch_size,
-                        max_grad_norm=self.config.optim.max_grad_norm, scheduler=scheduler)
+                        max_grad_norm=self.config.optim.max_grad_norm, scheduler=scheduler,
+                        share_prompts=self.config.train.share_prompt_forward)
 
 
 class RFT(Method):
@@ -69,5 +70,6 @@ class RFT(Method):
         tokens = data.rollout.tokens.to(self.device).select(rows)
         metrics = sft_update(self.model, optimizer, scheduler, tokens,
                              micro_batch_size=self.config.optim.micro_batch_size,
-                             max_grad_norm=self.config.optim.max_grad_norm)
+                             max_grad_norm=self.config.optim.max_grad_norm,
+                             share_prompts=self.config.train.share_prompt_forward)
         return {**metrics, "sft_targets": len(rows)}
