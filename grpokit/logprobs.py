@@ -87,8 +87,10 @@ def _shared_prompt_logprobs(model, prompt_ids_UP, prompt_mask_UP, row_to_prompt_
     out = model(input_ids=prompt_ids_UP, attention_mask=prompt_mask_UP,
                 position_ids=position_ids_from_mask(prompt_mask_UP), use_cache=True, logits_to_keep=1,
                 **{cache_kw: prompt_cache})
-    first_logits_BV = out.logits[:, -1][row_to_prompt_B]  # the last prompt position predicts completion token 0
-    row_cache = DynamicCache(ddp_cache_data=[(layer.keys[row_to_prompt_B], layer.values[row_to_prompt_B])
+    # index_select, not [] indexing: its backward is an index_add, several times faster than index_put here
+    first_logits_BV = out.logits[:, -1].index_select(0, row_to_prompt_B)  # predicts completion token 0
+    row_cache = DynamicCache(ddp_cache_data=[(layer.keys.index_select(0, row_to_prompt_B),
+                                              layer.values.index_select(0, row_to_prompt_B))
                                              for layer in prompt_cache.layers])
     attention_mask_BT = batch.attention_mask()
     completion_positions_BC = position_ids_from_mask(attention_mask_BT)[:, batch.prompt_ids_BP.shape[1]:]

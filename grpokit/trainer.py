@@ -276,7 +276,6 @@ class Trainer:
                 row[f"reward_errors/{name}/{kind}"] = count
         row["reward_error_rate"] = scores.error_rate()
         row["reward_worker_restarts"] = self.scorer.restarts
-        self.run.log_metrics(row)
         if c.train.log_rollouts:
             self.run.log_rollouts([
                 {"step": step, "prompt": self.train_prompts[rows[i // G]], "answer": examples[i].answer,
@@ -286,6 +285,8 @@ class Trainer:
                  "truncated": bool(rollout.truncated_B[i])}
                 for i in range(len(examples))
             ])
+        row["time_step"] = time.perf_counter() - t0  # the whole step, logging included
+        self.run.log_metrics(row)
         return row
 
     def offline_step(self, step: int, rows: list[int], optimizer, scheduler, ref_model) -> dict:

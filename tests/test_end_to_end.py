@@ -18,7 +18,8 @@ STEP_FIELDS = {
     "step", "reward", "reward/accuracy", "reward/format", "reward/length_bonus", "accuracy", "format_rate",
     "zero_variance_fraction",
     "mean_length", "truncation_rate", "kl", "clip_fraction", "loss", "grad_norm", "tokens_generated",
-    "tokens_backpropagated", "time_sampling", "time_scoring", "time_training", "peak_memory_mb", "lr",
+    "tokens_backpropagated", "time_sampling", "time_scoring", "time_training", "time_reference", "time_step",
+    "peak_memory_mb", "lr",
 }
 ROLLOUT_FIELDS = {"step", "prompt", "answer", "completion", "rewards", "reward", "advantage", "truncated"}
 

@@ -11,6 +11,7 @@ ALGORITHMS.md; the tensor maths lives in `grpokit.losses` and `grpokit.advantage
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
@@ -55,9 +56,11 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
                                                                     lengths_B)]
 
     ref_logps = [None] * len(chunks)
+    started = time.perf_counter()
     if cfg.beta != 0.0:
         with torch.no_grad():
             ref_logps = [token_logprobs(ref_model, tokens.select(rows), temperature, share) for rows in chunks]
+    reference_seconds = time.perf_counter() - started
 
     old_logps: list[torch.Tensor | None] = [None] * len(chunks)
     totals = {"loss": 0.0, "clipped_tokens": 0.0, "kl_sum": 0.0, "tokens": 0.0, "grad_norm": 0.0}
@@ -99,6 +102,7 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
         "kl": totals["kl_sum"] / max(totals["tokens"], 1) if cfg.beta != 0.0 else None,  # not measured
         "clip_fraction": totals["clipped_tokens"] / max(totals["tokens"], 1),
         "tokens_backpropagated": int(totals["tokens"]),
+        "time_reference": reference_seconds,  # the no-grad reference pass, part of time_training
     }
 
 
