@@ -65,6 +65,6 @@ def trl_arguments(steps: int, seed: int, out_dir: str) -> dict:
         loss_type="dapo", scale_rewards="group", mask_truncated_completions=False,
         reward_weights=list(s["reward_weights"].values()),
         use_cpu=True, bf16=False, fp16=False, disable_dropout=True,
-        logging_steps=1, report_to="none", save_strategy="no", log_completions=False,
+        logging_steps=10, report_to="none", save_strategy="no", log_completions=False,
         dataloader_num_workers=0, remove_unused_columns=False,
     )

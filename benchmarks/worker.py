@@ -78,7 +78,7 @@ def run_grpokit(args) -> dict:
 
     out_dir = Path(args.out).with_suffix("")
     config = load_config(DEMO_CONFIG, grpokit_overrides(args.model, Path(args.home), args.steps, args.eval_every,
-                                                        args.seed, str(out_dir)))
+                                                        args.seed, str(out_dir)) + args.set)
     summary = train(config)
     rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [{"total": r["time_step"], "sampling": r["time_sampling"], "scoring": r["time_scoring"],
@@ -174,6 +174,10 @@ def run_trl(args) -> dict:
         def on_train_end(self, args_, state_, control, **kw):
             self._close_step()
 
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for printer in (PrinterCallback, ProgressCallback):  # the logs are not needed; printing them costs time
+        trainer.remove_callback(printer)
     trainer.add_callback(Timing())
     before = held_out(trainer.model)
     evals.append({"step": 0, "train_seconds": 0.0, "accuracy": before})
@@ -194,15 +198,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--out", required=True)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra grpokit config override (ablations); not allowed with --tool trl")
     args = parser.parse_args()
+    if args.set and args.tool == "trl":
+        parser.error("--set changes grpokit's config only")
     torch.set_num_threads(args.threads)
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
     with PeakRSS() as rss:
         result = (run_grpokit if args.tool == "grpokit" else run_trl)(args)
-    result.update({"tool": args.tool, "peak_rss_mb": rss.peak_mb, "threads": args.threads, "seed": args.seed,
-                   "versions": _versions()})
+    result.update({"tool": args.tool, "overrides": args.set, "peak_rss_mb": rss.peak_mb, "threads": args.threads,
+                   "seed": args.seed, "versions": _versions()})
     Path(args.out).write_text(json.dumps(result, indent=1))
 
 

@@ -33,6 +33,22 @@ class TokenBatch:
             self.completion_ids_BC[rows, :width], c_mask[:, :width],
         )
 
+    @staticmethod
+    def concat(batches: list[TokenBatch]) -> TokenBatch:
+        """Rows of several batches as one: prompts re-padded on the left, completions on the right.
+        Padding ids are 0; every consumer reads the masks, never the padding ids."""
+        P = max(b.prompt_ids_BP.shape[1] for b in batches)
+        C = max(b.completion_ids_BC.shape[1] for b in batches)
+
+        def pad(t: torch.Tensor, width: int, left: bool) -> torch.Tensor:
+            extra = width - t.shape[1]
+            return torch.nn.functional.pad(t, (extra, 0) if left else (0, extra), value=0)
+
+        return TokenBatch(torch.cat([pad(b.prompt_ids_BP, P, True) for b in batches]),
+                          torch.cat([pad(b.prompt_mask_BP, P, True) for b in batches]),
+                          torch.cat([pad(b.completion_ids_BC, C, False) for b in batches]),
+                          torch.cat([pad(b.completion_mask_BC, C, False) for b in batches]))
+
     def input_ids(self) -> torch.Tensor:
         return torch.cat([self.prompt_ids_BP, self.completion_ids_BC], dim=1)
 

@@ -61,6 +61,10 @@ class SamplingConfig:
     group_size: int = option(8, "G: completions sampled per prompt.")
     max_new_tokens: int = option(64, "Longest completion; longer ones are cut and counted as truncated.")
     temperature: float = option(1.0, "Sampling temperature (> 0); the trainer's log-probs use the same value.")
+    dynamic: bool = option(False, "DAPO dynamic sampling: groups whose rewards are all equal are dropped and "
+                                  "groups for more prompts are sampled until prompts_per_step groups differ "
+                                  "(or sampling.max_rounds rounds have run). Costs extra sampling; logged per step.")
+    max_rounds: int = option(3, "With sampling.dynamic: at most this many sampling rounds per step.")
     engine: str = option("grpokit", "Sampler: grpokit (KV-cached loop, each prompt encoded once per group; models "
                                     "with sliding-window or linear-attention caches fall back to generate) or "
                                     "transformers (model.generate).")
@@ -220,6 +224,7 @@ CHOICES = {
 }
 POSITIVE = ("train.max_consecutive_skips",
             "sampling.group_size", "sampling.max_new_tokens", "sampling.prompts_per_step", "grpo.num_iterations",
+            "sampling.max_rounds",
             "optim.micro_batch_size", "offline.batch_size", "online.pairs_per_prompt", "ppo.epochs",
             "warmup.batch_size", "eval.batch_size")
 
@@ -310,6 +315,8 @@ def _validate(config: Config) -> None:
     if config.sampling.group_size < 2 and config.train.method in ("grpo", "rloo", "online_dpo", "online_orpo"):
         raise GrpokitError(f"config key 'sampling.group_size' must be at least 2 for {config.train.method} "
                            "(it compares completions within a group).")
+    if config.sampling.dynamic and config.sampling.group_size < 2:
+        raise GrpokitError("sampling.dynamic keeps groups whose rewards differ: it needs sampling.group_size >= 2.")
     if not 0.0 <= config.verify.max_error_rate <= 1.0:
         raise GrpokitError("config key 'verify.max_error_rate' must be between 0 and 1.")
     for key in ("grpo.beta", "grpo.clip_low", "grpo.clip_high", "dpo.beta", "orpo.lam", "ppo.clip", "ppo.value_clip",

@@ -34,6 +34,22 @@ class Rollout:
     def completion_lengths_B(self) -> torch.Tensor:
         return self.tokens.completion_mask_BC.sum(-1)
 
+    def select_groups(self, groups: list[int]) -> Rollout:
+        """Those groups (by index), in that order."""
+        rows = [g * self.group_size + j for g in groups for j in range(self.group_size)]
+        tokens = self.tokens.select(rows)  # trims padding columns: cut the log-probs to match
+        return Rollout(tokens, self.sampling_logprobs_BC[rows, : tokens.completion_ids_BC.shape[1]],
+                       self.truncated_B[rows], [self.completions[r] for r in rows], self.group_size)
+
+    @staticmethod
+    def concat(parts: list[Rollout]) -> Rollout:
+        tokens = TokenBatch.concat([p.tokens for p in parts])
+        C = tokens.completion_ids_BC.shape[1]
+        logprobs = torch.cat([torch.nn.functional.pad(p.sampling_logprobs_BC, (0, C - p.sampling_logprobs_BC.shape[1]))
+                              for p in parts])
+        return Rollout(tokens, logprobs, torch.cat([p.truncated_B for p in parts]),
+                       [c for p in parts for c in p.completions], parts[0].group_size)
+
 
 class _LogprobRecorder(LogitsProcessor):
     """Records log p(sampled token) step by step, keeping one (B, V) tensor alive at a time.

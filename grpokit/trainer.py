@@ -7,6 +7,7 @@ is loaded. The loop itself stays short: the maths is in `methods/`, `losses`, `a
 from __future__ import annotations
 
 import json
+import math
 import random
 import sys
 import time
@@ -30,8 +31,9 @@ from grpokit.modeling import autocast, load_model, load_tokenizer
 from grpokit.optim import build_optimizer, build_scheduler
 from grpokit.plots import plot_training
 from grpokit.rewards import BUILTIN_REWARDS, RewardComponent, build_reward_components, check_error_rate, make_scorer
+from grpokit.rewards.scoring import Scores
 from grpokit.run_dir import RunDir, peak_memory_mb
-from grpokit.sampler import sample
+from grpokit.sampler import Rollout, sample
 from grpokit.value_model import parameter_bytes
 
 
@@ -222,8 +224,8 @@ class Trainer:
         return (2 * policy + optimizer_bytes + (parameter_bytes(ref_model) if ref_model is not None else 0)
                 + self.method.extra_state_bytes())
 
-    def online_step(self, step: int, rows: list[int], optimizer, scheduler, ref_model) -> dict:
-        """Sample a group per prompt, verify it, and hand the scored groups to the method."""
+    def sample_and_score(self, step: int, rows: list[int], clock: dict) -> tuple[Rollout, Scores]:
+        """A group of completions for each of these training rows, scored; adds to clock's times."""
         c, G = self.config, self.config.sampling.group_size
         t0 = time.perf_counter()
         prompts = [self.train_prompts[r] for r in rows]
@@ -237,18 +239,70 @@ class Trainer:
         if scores.errors:  # logged before the error-rate check, whose message points here
             self.run.append(self.run.errors_path, [{"step": step, **e} for e in scores.errors])
         check_error_rate(scores, c.verify.max_error_rate)  # before the update: never step on a broken verifier
+        clock["sampling"] += t1 - t0
+        clock["scoring"] += time.perf_counter() - t1
+        clock["rounds"] += 1
+        return rollout, scores
+
+    def dynamic_sampling(self, step: int, rows: list[int], rollout: Rollout, scores: Scores, clock: dict
+                         ) -> tuple[list[int], Rollout, Scores, list[int]]:
+        """DAPO's dynamic sampling: while fewer than prompts_per_step groups have rewards that differ,
+        sample groups for more training prompts (at most sampling.max_rounds rounds in all).
+
+        Returns every row sampled, their rollout and scores (in sampling order), and the groups to
+        train on: the first prompts_per_step groups with signal, or, if no group has any, the first
+        round's groups (the update then sees what it would have seen without dynamic sampling).
+        The extra prompts are drawn by a generator seeded by (seed, step, round), so a resumed run
+        draws the same ones.
+        """
+        c, G, want = self.config, self.config.sampling.group_size, self.config.sampling.prompts_per_step
+        parts = [(rows, rollout, scores)]
+        used = set(rows)
+        for round_ in range(1, c.sampling.max_rounds):
+            totals = torch.tensor([t for _, _, s in parts for t in s.total]).view(-1, G)
+            with_signal = int((~zero_variance_groups(totals)).sum())
+            if with_signal >= want:
+                break
+            rate = max(with_signal / len(totals), 0.25)  # expected share of new groups with signal
+            pool = [r for r in range(len(self.train_prompts)) if r not in used]
+            more = random.Random(f"dynamic/{c.train.seed}/{step}/{round_}").sample(
+                pool, min(len(pool), want, math.ceil((want - with_signal) / rate)))
+            if not more:
+                break
+            used.update(more)
+            parts.append((more, *self.sample_and_score(step, more, clock)))
+        all_rows = [r for part_rows, _, _ in parts for r in part_rows]
+        rollout = Rollout.concat([r for _, r, _ in parts]) if len(parts) > 1 else rollout
+        scores = Scores.concat([s for _, _, s in parts]) if len(parts) > 1 else scores
+        signal = (~zero_variance_groups(torch.tensor(scores.total).view(-1, G))).nonzero().flatten().tolist()
+        return all_rows, rollout, scores, signal[:want] or list(range(len(rows)))
+
+    def online_step(self, step: int, rows: list[int], optimizer, scheduler, ref_model) -> dict:
+        """Sample a group per prompt, verify it, and hand the scored groups to the method."""
+        c, G = self.config, self.config.sampling.group_size
+        t0 = time.perf_counter()
+        clock = {"sampling": 0.0, "scoring": 0.0, "rounds": 0}
+        rollout, scores = self.sample_and_score(step, rows, clock)
+        kept = list(range(len(rows)))  # the groups the update sees
+        if c.sampling.dynamic:
+            rows, rollout, scores, kept = self.dynamic_sampling(step, rows, rollout, scores, clock)
         rewards_B = torch.tensor(scores.total, dtype=torch.float32)
         pass_key = resolve_pass_reward(c.online.pass_reward, self.inputs.components)
         passed_B, scored_B = (passed(scores.components, scores.total, pass_key, c.online.pass_threshold)
                               if pass_key is not None else (None, None))
+        kept_rows = [g * G + j for g in kept for j in range(G)]
         t2 = time.perf_counter()
         self.model.train()
         lr = scheduler.get_last_lr()[0]  # the rate this step's first update uses
-        groups = ScoredGroups(rollout, rewards_B, passed_B, G, scored_B)
+        groups = ScoredGroups(rollout.select_groups(kept) if len(kept) < len(rows) else rollout,
+                              rewards_B[kept_rows], None if passed_B is None else passed_B[kept_rows], G,
+                              None if scored_B is None else scored_B[kept_rows])
         update = self.method.update(optimizer, scheduler, ref_model, groups)
         t3 = time.perf_counter()
         self._guard(step, update)
         advantages_B = update.pop("advantages_B", None)
+        advantage_of = {} if advantages_B is None else dict(zip(kept_rows, advantages_B.tolist()))
+        examples = [self.inputs.train[r] for r in rows for _ in range(G)]
 
         lengths = rollout.completion_lengths_B.float()
         row = {"step": step, "phase": "train", "reward": rewards_B.mean().item()}
@@ -268,7 +322,7 @@ class Trainer:
             **update,
             "lr": lr,
             "tokens_generated": int(lengths.sum().item()),
-            "time_sampling": t1 - t0, "time_scoring": t2 - t1, "time_training": t3 - t2,
+            "time_sampling": clock["sampling"], "time_scoring": clock["scoring"], "time_training": t3 - t2,
             "peak_memory_mb": peak_memory_mb(self.device),
         })
         for name, kinds in scores.error_counts.items():
@@ -276,12 +330,14 @@ class Trainer:
                 row[f"reward_errors/{name}/{kind}"] = count
         row["reward_error_rate"] = scores.error_rate()
         row["reward_worker_restarts"] = self.scorer.restarts
+        if c.sampling.dynamic:  # what filling the batch with informative groups cost
+            row.update({"sampling_rounds": clock["rounds"], "groups_sampled": len(rows), "groups_trained": len(kept)})
         if c.train.log_rollouts:
             self.run.log_rollouts([
                 {"step": step, "prompt": self.train_prompts[rows[i // G]], "answer": examples[i].answer,
                  "completion": rollout.completions[i], "rewards": {k: v[i] for k, v in scores.components.items()},
                  "reward": scores.total[i], "passed": bool(passed_B[i]) if passed_B is not None else None,
-                 **({"advantage": advantages_B[i].item()} if advantages_B is not None else {}),
+                 **({"advantage": advantage_of.get(i)} if advantages_B is not None else {}),
                  "truncated": bool(rollout.truncated_B[i])}
                 for i in range(len(examples))
             ])

@@ -263,6 +263,29 @@ class Scores:
         cells = sum(len(values) for values in self.components.values())
         return len(self.errors) / cells if cells else 0.0
 
+    def select(self, indices: list[int]) -> Scores:
+        """The scores of those samples, renumbered 0..len(indices)-1 (errors follow their sample)."""
+        new_index = {old: new for new, old in enumerate(indices)}
+        errors = [{**e, "index": new_index[e["index"]]} for e in self.errors if e["index"] in new_index]
+        counts: dict[str, dict[str, int]] = {name: {} for name in self.components}
+        for e in errors:
+            counts[e["component"]][e["kind"]] = counts[e["component"]].get(e["kind"], 0) + 1
+        return Scores({name: [values[i] for i in indices] for name, values in self.components.items()},
+                      [self.total[i] for i in indices], errors, counts)
+
+    @staticmethod
+    def concat(parts: list[Scores]) -> Scores:
+        """Samples of several scorings, in order, as one (error indices shifted to match)."""
+        components = {name: [v for p in parts for v in p.components[name]] for name in parts[0].components}
+        errors, counts, offset = [], {name: {} for name in components}, 0
+        for p in parts:
+            errors += [{**e, "index": e["index"] + offset} for e in p.errors]
+            for name, kinds in p.error_counts.items():
+                for kind, n in kinds.items():
+                    counts[name][kind] = counts[name].get(kind, 0) + n
+            offset += len(p.total)
+        return Scores(components, [t for p in parts for t in p.total], errors, counts)
+
 
 def assemble_scores(
     components: list[RewardComponent], completions: list[str], outcomes: dict[str, list[Outcome]]
