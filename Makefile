@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ lint: venv
 
 test: lint
 	$(PY) -m pytest
+
+# grpokit vs TRL's GRPOTrainer on the same work (about 10 minutes on 2 CPU cores); see benchmarks/README.md
+bench: venv
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) benchmarks/vs_trl.py
 
 clean:
 	rm -rf $(VENV) .grpokit runs

@@ -81,9 +81,11 @@ def run_grpokit(args) -> dict:
                                                         args.seed, str(out_dir)) + args.set)
     summary = train(config)
     rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    group = SETTINGS["group_size"]
     steps = [{"total": r["time_step"], "sampling": r["time_sampling"], "scoring": r["time_scoring"],
-              "reference": r["time_reference"], "completions": SETTINGS["prompts_per_step"] * SETTINGS["group_size"],
-              "tokens": r["tokens_generated"]} for r in rows if r.get("phase") == "train"]
+              "reference": r["time_reference"], "tokens": r["tokens_generated"],
+              "completions": r.get("groups_sampled", SETTINGS["prompts_per_step"]) * group}
+             for r in rows if r.get("phase") == "train"]
     evals = [{"step": r["step"], "train_seconds": r["train_seconds"], "accuracy": r["eval_accuracy"]}
              for r in rows if r.get("phase") in ("before", "eval", "after")]
     return {"steps": steps, "evals": evals, "accuracy_before": summary["eval_before"]["accuracy"],

@@ -295,3 +295,23 @@ def test_worker_gives_math_verify_a_budget_inside_the_call_limit():
         assert math_answers._SYMBOLIC_TIMEOUT_S == 2
     finally:
         math_answers._SYMBOLIC_TIMEOUT_S = before
+
+
+def test_the_reward_worker_does_not_import_the_trainers_main_module(tmp_path):
+    """A trainer script imports torch at the top; its reward worker must not (it would hold ~200 MB more)."""
+    import subprocess
+    import sys
+
+    reward = Path(__file__).parent / "fixtures" / "rewards" / "sample_rewards.py"
+    script = tmp_path / "trainer_like.py"
+    script.write_text(
+        "import torch  # a trainer's main module\n"
+        "from grpokit.rewards import make_scorer\n"
+        "if __name__ == '__main__':\n"
+        f"    with make_scorer([{{'name': '{reward}:torch_is_imported'}}], timeout=30, isolate=True) as scorer:\n"
+        "        print(scorer.score(['p'], ['c'], [{}]).total[0])\n")
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(repo)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "0.0"

@@ -19,6 +19,7 @@ next sample in a fresh worker.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -46,9 +47,9 @@ from grpokit.rewards.scoring import (
 # Measured on 2 CPU cores, trainer-like parent (torch threads used, a model run, tqdm thread):
 # scoring 128 completions x (accuracy, format) takes ~5 ms in a worker for every start method
 # (~2 ms in-process). A restart costs fork ~200 ms, forkserver ~390 ms, spawn ~440 ms, most of
-# it the math_verify warm-up below (with `format` only: 15 / 33 / 50 ms). forkserver and spawn
-# also import the parent's main module in each worker (~1 s more if that script imports torch
-# at the top). Restarts happen only after a failure, which has already cost up to `timeout`, so
+# it the math_verify warm-up below (with `format` only: 15 / 33 / 50 ms). The worker does not
+# import the parent's main module (see `_parent_main_hidden`), so a trainer script's torch stays
+# out of it (~200 MB resident). Restarts happen only after a failure, which has already cost up to `timeout`, so
 # we take forkserver (CPython's own default from 3.14) over fork: forking a trainer that holds
 # torch, CUDA, tokenizer and tqdm threads can copy a lock some thread holds, and the child then
 # waits on it forever.
@@ -100,6 +101,29 @@ def _warm_up(components: list[RewardComponent], timeout: float | None) -> None:
         math_answers._SYMBOLIC_TIMEOUT_S = max(1, min(math_answers._SYMBOLIC_TIMEOUT_S, int(timeout / 4)))
 
 
+@contextlib.contextmanager
+def _parent_main_hidden():
+    """Start a process without it re-importing the parent's main module.
+
+    Under spawn and forkserver, multiprocessing has each child import the parent's `__main__`
+    by name or path (`multiprocessing.spawn.get_preparation_data`), so top-level code of a trainer
+    script would run again and its imports (torch, transformers: ~200 MB resident) would sit in
+    the reward worker. The worker needs only this module, which its target names, so the main
+    module's `__spec__` and `__file__` are hidden while the process starts.
+    """
+    main = sys.modules.get("__main__")
+    saved = {key: getattr(main, key) for key in ("__spec__", "__file__") if hasattr(main, key)}
+    try:
+        if main is not None:
+            main.__spec__ = None
+            if "__file__" in saved:
+                del main.__file__
+        yield
+    finally:
+        for key, value in saved.items():
+            setattr(main, key, value)
+
+
 class _Worker:
     """One worker process and the parent's end of its pipe."""
 
@@ -107,7 +131,8 @@ class _Worker:
         self.conn, child_conn = ctx.Pipe()
         self.process = ctx.Process(target=_worker_main, args=(child_conn, *args), name="grpokit-reward-worker",
                                    daemon=True)  # daemon: never outlives the trainer, even without close()
-        self.process.start()
+        with _parent_main_hidden():
+            self.process.start()
         child_conn.close()  # the worker now holds the only write end, so its death reads as EOF here
         status, reply = self.receive(startup_timeout)
         if status == "ok" and reply[0] == "ready":
@@ -117,13 +142,9 @@ class _Worker:
             raise GrpokitError(f"the reward worker process could not load the rewards: {reply[1]}")
         if status == "timeout":
             raise GrpokitError(f"the reward worker process did not start within {startup_timeout:g} s.")
-        hint = ""
-        if ctx.get_start_method() != "fork":
-            hint = (f" The {ctx.get_start_method()!r} start method imports your main script in the worker: if you "
-                    "train from your own script, put its top-level code under `if __name__ == '__main__':`.")
         raise GrpokitError(
             f"the reward worker process died while starting ({self.exit_description()}); its error, if any, "
-            f"is printed above.{hint}"
+            "is printed above."
         )
 
     def send(self, message: tuple) -> None:
@@ -205,6 +226,11 @@ class IsolatedScorer:
         self.timeout = timeout
         self.restarts = 0  # workers replaced after a timeout or a crash, over the scorer's life
         self._ctx = multiprocessing.get_context(start_method)
+        if start_method == "forkserver":
+            # The server imports only what a worker needs. By default it would import the parent's
+            # __main__ (a trainer script: torch and transformers), adding ~200 MB to the worker's
+            # resident memory. Takes effect when the server starts (the first worker of the process).
+            self._ctx.set_forkserver_preload(["grpokit.rewards.isolation"])
         self._args = (list(specs), os.getcwd(), list(sys.path), timeout)
         self._startup_timeout = startup_timeout
         self._lock = threading.Lock()  # one batch at a time: the worker is a single pipe
