@@ -44,7 +44,7 @@ def gradient(model, ref_model, tokens, advantages_B, rows, norm, config) -> tupl
                         clip_high=g.clip_high, beta=g.beta, ref_logp_BT=ref, aggregation=g.aggregation)
     loss.backward()
     seconds = time.perf_counter() - started
-    flat = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    flat = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]).double()
     model.zero_grad(set_to_none=True)
     return flat, seconds
 
