@@ -51,6 +51,21 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def cmd_doctor(args) -> int:
+    from grpokit.config import load_config
+    from grpokit.doctor import format_report, run_doctor
+
+    config = load_config(args.config, args.overrides)
+    report = run_doctor(config, num_groups=args.groups, show_prompts=args.show, show_samples=args.show)
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(report), indent=2, default=str))
+    else:
+        print(format_report(report))
+    return 1 if report.warnings and args.strict else 0
+
+
 def cmd_demo(args) -> int:
     from grpokit.config import load_config
     from grpokit.tiny import DEMO_CONFIG, ensure_tiny
@@ -219,6 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help=overrides_help)
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("doctor", help="pre-flight: sample a few groups with a config and report what would go wrong")
+    p.add_argument("config", help="YAML config")
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.add_argument("--groups", type=int, default=4, help="prompts to sample a group for (default 4)")
+    p.add_argument("--show", type=int, default=3, help="prompts and completions to print (default 3)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.add_argument("--strict", action="store_true", help="exit with code 1 when there is any warning")
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("demo", help="build the tiny model and task if needed, SFT warm-up, GRPO, before/after table")
     p.add_argument("overrides", nargs="*", help=overrides_help)
