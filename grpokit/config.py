@@ -153,6 +153,19 @@ class WarmupConfig:
 
 
 @dataclass
+class LoRAConfig:
+    enabled: bool = option(False, "Train LoRA adapters (peft) instead of every weight. The KL reference is the "
+                                  "same model with its adapters switched off: no second copy in memory.")
+    r: int = option(16, "LoRA rank.")
+    alpha: float = option(32.0, "LoRA scaling numerator (the update is scaled by alpha / r).")
+    dropout: float = option(0.0, "Dropout on the adapters' input.")
+    target_modules: str = option("all-linear", "Modules that get adapters: all-linear, or comma-separated names "
+                                               "such as q_proj,v_proj.")
+    save: str = option("merged", "The final model folder: merged (adapters folded into a full model that "
+                                 "from_pretrained loads) or adapter (adapter weights only, for peft).")
+
+
+@dataclass
 class EvalConfig:
     every: int = option(0, "Evaluate on the eval set every N steps (0: only before and after).")
     max_new_tokens: int | None = option(None, "Longest eval completion (default: sampling.max_new_tokens).")
@@ -207,6 +220,7 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "Optimiser."})
     warmup: WarmupConfig = field(default_factory=WarmupConfig, metadata={"help": "SFT warm-up."})
     verify: VerifyConfig = field(default_factory=VerifyConfig, metadata={"help": "How rewards are run."})
+    lora: LoRAConfig = field(default_factory=LoRAConfig, metadata={"help": "LoRA adapters (peft)."})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Held-out evaluation."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Training loop."})
 
@@ -217,6 +231,7 @@ CHOICES = {
     "grpo.baseline": ("mean", "leave_one_out"),
     "grpo.aggregation": ("sequence", "token", "constant"),
     "sampling.engine": ("grpokit", "transformers"),
+    "lora.save": ("merged", "adapter"),
     "optim.schedule": ("constant", "linear", "cosine"),
     "warmup.schedule": ("constant", "linear", "cosine"),
     "online.pair_rule": ("random", "reward_gap"),
@@ -224,7 +239,7 @@ CHOICES = {
 }
 POSITIVE = ("train.max_consecutive_skips",
             "sampling.group_size", "sampling.max_new_tokens", "sampling.prompts_per_step", "grpo.num_iterations",
-            "sampling.max_rounds",
+            "sampling.max_rounds", "lora.r",
             "optim.micro_batch_size", "offline.batch_size", "online.pairs_per_prompt", "ppo.epochs",
             "warmup.batch_size", "eval.batch_size")
 
@@ -315,6 +330,9 @@ def _validate(config: Config) -> None:
     if config.sampling.group_size < 2 and config.train.method in ("grpo", "rloo", "online_dpo", "online_orpo"):
         raise GrpokitError(f"config key 'sampling.group_size' must be at least 2 for {config.train.method} "
                            "(it compares completions within a group).")
+    if config.lora.enabled and config.train.method == "ppo":
+        raise GrpokitError("lora.enabled is not supported with train.method=ppo yet (its value model copies the "
+                           "policy's full backbone); use grpo or rloo, or train all weights.")
     if config.sampling.dynamic and config.sampling.group_size < 2:
         raise GrpokitError("sampling.dynamic keeps groups whose rewards differ: it needs sampling.group_size >= 2.")
     if not 0.0 <= config.verify.max_error_rate <= 1.0:

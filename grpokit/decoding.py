@@ -62,8 +62,10 @@ def _cache_from(layers_kv: list[tuple[torch.Tensor, torch.Tensor]], capacity: in
 
 
 def cache_argument(model) -> str:
-    """The forward keyword that takes the KV cache: `cache` since transformers 5.2x, `past_key_values` before."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    """The forward keyword that takes the KV cache: `cache` since transformers 5.2x, `past_key_values` before.
+    Read from the underlying transformers model (a peft wrapper passes keywords through)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def supports_cached_decoding(model) -> bool:

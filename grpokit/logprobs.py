@@ -70,9 +70,10 @@ def _can_share_prompts(model) -> bool:
     from grpokit.decoding import supports_cached_decoding
 
     # Gradient checkpointing re-runs layers without the cache; keep the plain path there.
-    checkpointing = getattr(model, "is_activation_checkpointing", None)  # transformers >= 5.x names
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # through a peft wrapper
+    checkpointing = getattr(base, "is_activation_checkpointing", None)  # transformers >= 5.x names
     if checkpointing is None:
-        checkpointing = getattr(model, "is_gradient_checkpointing", False)
+        checkpointing = getattr(base, "is_gradient_checkpointing", False)
     return not checkpointing and supports_cached_decoding(model)
 
 

@@ -56,6 +56,56 @@ def load_model(cfg: ModelConfig, path: str | None = None, trainable: bool = Fals
     return model.to(resolve_device(cfg.device))
 
 
+def apply_lora(model, cfg):
+    """Wrap `model` with fresh LoRA adapters (peft); only the adapters require gradients."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise GrpokitError("lora.enabled needs the peft package: pip install 'grpokit[lora]'.") from None
+    targets = cfg.target_modules if cfg.target_modules == "all-linear" else \
+        [name.strip() for name in cfg.target_modules.split(",") if name.strip()]
+    try:
+        return get_peft_model(model, LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                                                target_modules=targets, task_type="CAUSAL_LM"))
+    except ValueError as e:  # e.g. target modules not found in the model
+        raise GrpokitError(f"could not add LoRA adapters (lora.target_modules={cfg.target_modules!r}): {e}") from None
+
+
+def load_lora(base_model, adapter_dir: str):
+    """Trainable adapters saved by a checkpoint, on top of their base model."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base_model, adapter_dir, is_trainable=True)
+
+
+class AdapterDisabledReference:
+    """The KL reference of a LoRA run: the policy itself with its adapters switched off (the base
+    model), in eval mode and without gradients. It holds no weights of its own, so
+    `trained_state_mb` counts none. Anything that calls a model (`token_logprobs`) can call it."""
+
+    def __init__(self, peft_model):
+        self.model = peft_model
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def get_base_model(self):
+        return self.model.get_base_model()
+
+    def parameters(self):
+        return iter(())
+
+    def __call__(self, *args, **kwargs):
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), self.model.disable_adapter():
+                return self.model(*args, **kwargs)
+        finally:
+            self.model.train(was_training)
+
+
 def autocast(cfg: ModelConfig, device: torch.device):
     """Mixed precision for forward passes when model.dtype is not float32 (parameters stay float32)."""
     if cfg.dtype == "float32":

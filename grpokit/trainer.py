@@ -27,7 +27,7 @@ from grpokit.evaluation import evaluate
 from grpokit.methods import METHODS, ONLINE, PAIR_DATA, Method, ScoredGroups
 from grpokit.methods.sft import sft_step
 from grpokit.methods.verified import check_pass_reward, passed, resolve_pass_reward
-from grpokit.modeling import autocast, load_model, load_tokenizer
+from grpokit.modeling import AdapterDisabledReference, apply_lora, autocast, load_lora, load_model, load_tokenizer
 from grpokit.optim import build_optimizer, build_scheduler
 from grpokit.plots import plot_training
 from grpokit.rewards import BUILTIN_REWARDS, RewardComponent, build_reward_components, check_error_rate, make_scorer
@@ -129,7 +129,7 @@ class Trainer:
     def __init__(self, config: Config, inputs: Inputs, run: RunDir, resume_from: Path | None = None):
         self.config, self.inputs, self.run, self.resume_from = config, inputs, run, resume_from
         self.tokenizer = inputs.tokenizer
-        self.model = load_model(config.model, path=str(resume_from) if resume_from else None, trainable=True)
+        self.model = self._load_policy()
         self.device = next(self.model.parameters()).device
         self.train_prompts, self.eval_prompts = inputs.train_prompts, inputs.eval_prompts
         self.summary: dict = {"run_dir": str(run.path), "method": config.train.method, "steps": config.train.steps}
@@ -139,6 +139,20 @@ class Trainer:
         self.wall_before = 0.0
         v = config.verify
         self.scorer = make_scorer(config.rewards, timeout=v.timeout, isolate=v.isolate)
+
+    @property
+    def lora_base_dir(self) -> Path:
+        """With LoRA and a warm-up: the warm-up's adapters merged into the base, which the method's adapters sit on."""
+        return self.run.path / "lora_base"
+
+    def _load_policy(self):
+        c = self.config
+        if not c.lora.enabled:
+            return load_model(c.model, path=str(self.resume_from) if self.resume_from else None, trainable=True)
+        if self.resume_from is None:
+            return apply_lora(load_model(c.model, trainable=True), c.lora)
+        base = str(self.lora_base_dir) if (self.lora_base_dir / "config.json").is_file() else None
+        return load_lora(load_model(c.model, path=base, trainable=True), str(self.resume_from))
 
     def wall_seconds(self) -> float:
         return self.wall_before + time.perf_counter() - self.started
@@ -175,11 +189,19 @@ class Trainer:
     # ------------------------------------------------------------------ the method
     def train_method(self) -> None:
         c = self.config
+        if c.lora.enabled and c.warmup.steps > 0 and self.resume_from is None:
+            # Fold the warm-up's adapters into the base and start fresh ones, so that "adapters off"
+            # is the policy as the method starts: the same reference as without LoRA.
+            merged = self.model.merge_and_unload()
+            merged.save_pretrained(self.lora_base_dir)  # a resume rebuilds the base from here
+            self.model = apply_lora(merged, c.lora)
         # Built when the method starts, after any warm-up: PPO's value model copies the policy then.
         self.method: Method = METHODS[c.train.method](c, self.model, self.tokenizer)
         reference_dir = self.run.path / "reference"
         ref_model = None
-        if self.method.needs_reference():  # the reference is the policy as the method starts (after any warm-up)
+        if self.method.needs_reference() and c.lora.enabled:
+            ref_model = AdapterDisabledReference(self.model)  # the base model: no second copy
+        elif self.method.needs_reference():  # the reference is the policy as the method starts (after any warm-up)
             if self.resume_from is None:
                 self.model.save_pretrained(reference_dir)
             ref_model = load_model(c.model, path=str(reference_dir)).eval().requires_grad_(False)
@@ -220,9 +242,9 @@ class Trainer:
         Counted from the live tensors, so a method that holds more models shows it."""
         optimizer_bytes = sum(t.numel() * t.element_size() for s in optimizer.state.values()
                               for t in s.values() if torch.is_tensor(t))
-        policy = parameter_bytes(self.model)
-        return (2 * policy + optimizer_bytes + (parameter_bytes(ref_model) if ref_model is not None else 0)
-                + self.method.extra_state_bytes())
+        gradients = sum(p.numel() * p.element_size() for p in self.model.parameters() if p.requires_grad)
+        return (parameter_bytes(self.model) + gradients + optimizer_bytes
+                + (parameter_bytes(ref_model) if ref_model is not None else 0) + self.method.extra_state_bytes())
 
     def sample_and_score(self, step: int, rows: list[int], clock: dict) -> tuple[Rollout, Scores]:
         """A group of completions for each of these training rows, scored; adds to clock's times."""
@@ -389,7 +411,10 @@ class Trainer:
                                save_extra=self.method.save_extra)
 
     def save(self, path: Path) -> Path:
-        """A Hugging Face model folder (safetensors) that `from_pretrained` loads directly."""
+        """A Hugging Face model folder (safetensors) that `from_pretrained` loads directly; with
+        lora.save=adapter, the adapter folder that peft's `PeftModel.from_pretrained` loads."""
+        if self.config.lora.enabled and self.config.lora.save == "merged":
+            self.model = self.model.merge_and_unload()  # the last use of the model: training is over
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         return path

@@ -180,3 +180,22 @@ def test_resume_from_a_finished_run_redoes_nothing(config_file, reference_run, t
     summary = train(load_config(config_file, [f"train.out_dir={out}", "train.resume=true"]))
     assert summary["resumed_at_steps"] == [STEPS]
     _assert_same_run(out, reference_run)
+
+
+def test_lora_run_killed_then_resumed_is_bitwise_identical(tiny_home, tmp_path):
+    """Checkpoints of a LoRA run hold only the adapters; a resume rebuilds the base (the warm-up merged
+    into the model, saved in lora_base/) and puts the adapters back on it."""
+    pytest.importorskip("peft")
+    config_file = tmp_path / "resume_lora.yaml"
+    config_file.write_text(_config_text(tiny_home) + "lora: {enabled: true, r: 4}\n")
+    reference = tmp_path / "uninterrupted"
+    train(load_config(config_file, [f"train.out_dir={reference}"]))
+    out = tmp_path / "run"
+    env = {"GRPOKIT_TEST_KILL_COUNTER": str(tmp_path / "calls"),
+           "GRPOKIT_TEST_KILL_AT_CALL": str(3 * PROMPTS * GROUP + 1)}
+    killed = _cli(config_file, out, env=env)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (out / "checkpoints" / "step_3" / "adapter_model.safetensors").is_file()
+    resumed = _cli(config_file, out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _assert_same_run(out, reference)
