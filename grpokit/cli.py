@@ -182,12 +182,13 @@ def cmd_config(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from grpokit.plots import plot_training
+    from grpokit.plots import plot_dashboard, plot_training
 
     run = Path(args.run_dir)
     if not (run / "metrics.jsonl").is_file():
         raise GrpokitError(f"'{run}' is not a run folder: it has no metrics.jsonl.")
     print(plot_training(run))
+    print(plot_dashboard(run))
     return 0
 
 

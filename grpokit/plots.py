@@ -43,3 +43,75 @@ def plot_training(run_dir: str | Path, out_name: str = "training.png") -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+# The dashboard: one panel per question a user asks of a run, each from metrics.jsonl.
+TIME_PARTS = (("sampling", "time_sampling"), ("scoring", "time_scoring"), ("reference pass", "time_reference"))
+
+
+def time_split(row: dict) -> dict[str, float]:
+    """Seconds of one step by phase; "update" is the training time left after the reference pass."""
+    parts = {label: row.get(key) or 0.0 for label, key in TIME_PARTS}
+    parts["update"] = max(0.0, (row.get("time_training") or 0.0) - parts["reference pass"])
+    return parts
+
+
+def plot_dashboard(run_dir: str | Path, out_name: str = "dashboard.png") -> Path:
+    """Rewards per component, accuracy, KL and clipping, lengths and truncation, all-equal groups and
+    pass rate, and where each step's time went. Panels whose metrics the method does not log say so."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run_dir = Path(run_dir)
+    rows = read_jsonl_rows(run_dir / "metrics.jsonl")
+    steps = [r for r in rows if r.get("phase") == "train"]
+    evals = [r for r in rows if "eval_accuracy" in r and r.get("phase") != "initial"]
+    x = [r["step"] for r in steps]
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8))
+
+    def lines(ax, keys: list[tuple[str, str]], title: str, ylabel: str, **limits):
+        drawn = False
+        for label, key in keys:
+            values = [r.get(key) for r in steps]
+            if any(v is not None for v in values):
+                ax.plot(x, [float("nan") if v is None else v for v in values], label=label, alpha=0.8)
+                drawn = True
+        ax.set(title=title, xlabel="step", ylabel=ylabel, **limits)
+        if drawn:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "not logged by this method", ha="center", va="center", transform=ax.transAxes)
+        return ax
+
+    components = sorted({k for r in steps for k in r if k.startswith("reward/")})
+    reward_keys = [("total", "reward")] + [(k, k) for k in components]
+    lines(axes[0, 0], reward_keys, "Reward per component", "reward")
+    ax = lines(axes[0, 1], [("sampled (train prompts)", "accuracy"), ("format rate", "format_rate")],
+               "Accuracy", "rate", ylim=(0, 1))
+    if evals:
+        ax.plot([r["step"] for r in evals], [r["eval_accuracy"] for r in evals], "o-", label="held-out (greedy)")
+        ax.legend(fontsize=8)
+    lines(axes[0, 2], [("KL to reference", "kl"), ("clip fraction", "clip_fraction")], "KL and clipping", "value")
+    ax = lines(axes[1, 0], [("mean completion length", "mean_length")], "Completion length", "tokens")
+    if any(r.get("truncation_rate") is not None for r in steps):
+        twin = ax.twinx()
+        twin.plot(x, [r.get("truncation_rate") for r in steps], color="tab:red", alpha=0.6, label="truncated")
+        twin.set(ylabel="truncation rate", ylim=(0, 1))
+        twin.legend(fontsize=8, loc="lower right")
+    lines(axes[1, 1], [("groups with all-equal rewards", "zero_variance_fraction"), ("pass rate", "pass_rate")],
+          "Signal in the groups", "fraction", ylim=(0, 1))
+    ax = axes[1, 2]
+    if steps and any(r.get("time_training") is not None for r in steps):
+        split = [time_split(r) for r in steps]
+        ax.stackplot(x, *[[s[label] for s in split] for label in split[0]], labels=list(split[0]), alpha=0.8)
+        ax.legend(fontsize=8, loc="upper left")
+    else:
+        ax.text(0.5, 0.5, "not logged by this method", ha="center", va="center", transform=ax.transAxes)
+    ax.set(title="Where each step's time went", xlabel="step", ylabel="seconds")
+    fig.tight_layout()
+    out = run_dir / out_name
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out

@@ -29,7 +29,7 @@ from grpokit.methods.sft import sft_step
 from grpokit.methods.verified import check_pass_reward, passed, resolve_pass_reward
 from grpokit.modeling import AdapterDisabledReference, apply_lora, autocast, load_lora, load_model, load_tokenizer
 from grpokit.optim import build_optimizer, build_scheduler
-from grpokit.plots import plot_training
+from grpokit.plots import plot_dashboard, plot_training
 from grpokit.rewards import BUILTIN_REWARDS, RewardComponent, build_reward_components, check_error_rate, make_scorer
 from grpokit.rewards.scoring import Scores
 from grpokit.run_dir import RunDir, peak_memory_mb
@@ -440,6 +440,7 @@ class Trainer:
         self.summary["eval_after"] = self.evaluate(c.train.steps, "after")
         self.summary["model_dir"] = str(self.save(self.run.path / "final"))
         self.summary["plot"] = str(plot_training(self.run.path))
+        self.summary["dashboard"] = str(plot_dashboard(self.run.path))
         self.summary["peak_memory_mb"] = peak_memory_mb(self.device)
         return self.summary
 

@@ -48,6 +48,7 @@ def test_summary_has_documented_fields(run):
         assert 0.0 <= saved[key]["accuracy"] <= 1.0
     assert saved["steps"] == 2 and saved["run_dir"] == str(out) and saved["wall_seconds"] > 0
     assert (out / "training.png").stat().st_size > 1000
+    assert saved["dashboard"] == str(out / "dashboard.png") and (out / "dashboard.png").stat().st_size > 1000
     assert (out / "config.yaml").is_file() and "seed" in json.loads((out / "environment.json").read_text())
 
 
