@@ -195,6 +195,10 @@ class TrainConfig:
     log_rollouts: bool = option(True, "Write every sampled completion with its rewards to rollouts.jsonl.")
     progress: bool = option(True, "Show a progress bar.")
     threads: int | None = option(None, "torch CPU threads (default: torch's choice).")
+    report_to: str = option("none", "Experiment trackers that receive every metric besides metrics.jsonl: none, or "
+                                    "a comma-separated list of tensorboard, wandb (WANDB_MODE=offline works "
+                                    "without network).")
+    wandb_project: str = option("grpokit", "W&B project of train.report_to=wandb.")
     share_prompt_forward: bool = option(True, "Training forward passes run each distinct prompt of a micro-batch "
                                               "once (a GRPO group, a DPO pair) and let its completions read it "
                                               "from the KV cache: same log-probs and gradients, less compute.")
@@ -330,6 +334,7 @@ def _validate(config: Config) -> None:
     if config.sampling.group_size < 2 and config.train.method in ("grpo", "rloo", "online_dpo", "online_orpo"):
         raise GrpokitError(f"config key 'sampling.group_size' must be at least 2 for {config.train.method} "
                            "(it compares completions within a group).")
+    trackers_requested(config.train.report_to)
     if config.lora.enabled and config.train.method == "ppo":
         raise GrpokitError("lora.enabled is not supported with train.method=ppo yet (its value model copies the "
                            "policy's full backbone); use grpo or rloo, or train all weights.")
@@ -388,6 +393,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] = (), base:
         _fill(config, nested, "", f"override '{text}'")
     _validate(config)
     return config
+
+
+TRACKERS = ("tensorboard", "wandb")
+
+
+def trackers_requested(report_to: str) -> list[str]:
+    """The trackers named in train.report_to ("none", or a comma-separated list)."""
+    names = [n.strip() for n in str(report_to).split(",") if n.strip() and n.strip() != "none"]
+    unknown = [n for n in names if n not in TRACKERS]
+    if unknown:
+        raise GrpokitError(f"config key 'train.report_to' names {', '.join(unknown)}; expected none or a "
+                           f"comma-separated list of {', '.join(TRACKERS)}.")
+    return names
 
 
 def to_dict(config: Config) -> dict:

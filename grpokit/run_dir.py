@@ -37,6 +37,7 @@ class RunDir:
         self.rollouts_path = self.path / "rollouts.jsonl"
         self.errors_path = self.path / "errors.jsonl"
         self.logs = (self.metrics_path, self.rollouts_path, self.errors_path)
+        self.trackers: list = []  # TensorBoard / W&B (grpokit.trackers): a copy of every metrics row
 
     def start(self, config: Config) -> None:
         """Write the resolved config and environment; start fresh metrics and rollouts files."""
@@ -63,6 +64,13 @@ class RunDir:
 
     def log_metrics(self, row: dict) -> None:
         self.append(self.metrics_path, [row])
+        for tracker in self.trackers:
+            tracker.log(row)
+
+    def close_trackers(self) -> None:
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
 
     def log_rollouts(self, rows: list[dict]) -> None:
         self.append(self.rollouts_path, rows)

@@ -34,6 +34,7 @@ from grpokit.rewards import BUILTIN_REWARDS, RewardComponent, build_reward_compo
 from grpokit.rewards.scoring import Scores
 from grpokit.run_dir import RunDir, peak_memory_mb
 from grpokit.sampler import Rollout, sample
+from grpokit.trackers import open_trackers
 from grpokit.value_model import parameter_bytes
 
 
@@ -426,6 +427,7 @@ class Trainer:
                 return self._run_job()
         finally:
             self.scorer.close()
+            self.run.close_trackers()
 
     def _run_job(self) -> dict:
         c = self.config
@@ -485,6 +487,7 @@ def train(config: Config, out_dir: str | None = None) -> dict:
                                                                      state["step"]]}
         trainer.wall_before = state["wall_seconds"]
     trainer.started = started
+    run.trackers = open_trackers(run.path, config)
     summary = trainer.run_job()
     summary["wall_seconds"] = trainer.wall_seconds()
     run.write_json("summary.json", summary)
