@@ -7,6 +7,7 @@ import math
 import torch
 
 from grpokit.config import OptimConfig
+from grpokit.distributed import world
 
 
 def build_optimizer(model, cfg: OptimConfig, lr: float | None = None) -> torch.optim.AdamW:
@@ -43,8 +44,10 @@ def optimizer_step(model, optimizer, scheduler, max_grad_norm: float, loss_is_fi
     schedule stay exactly as they were (a NaN must never reach Adam's moment estimates).
     """
     params = [p for p in model.parameters() if p.grad is not None]
+    w = world()
+    w.sum_gradients(params)  # several processes: each holds its rows' share of the step's gradient
     grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.tensor(0.0)
-    if not (loss_is_finite and torch.isfinite(grad_norm)):
+    if not (w.all_finite(0.0 if loss_is_finite else math.nan) and torch.isfinite(grad_norm)):
         optimizer.zero_grad(set_to_none=True)
         return grad_norm.item(), False
     if max_grad_norm > 0:

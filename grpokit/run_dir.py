@@ -30,8 +30,12 @@ def _jsonable(value):
 
 
 class RunDir:
-    def __init__(self, path: str | Path):
+    """The files of a run. With several processes only the main one writes (`writer`); the others'
+    calls are no-ops, so training code logs the same way in every process."""
+
+    def __init__(self, path: str | Path, writer: bool = True):
         self.path = Path(path)
+        self.writer = writer
         self.path.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.path / "metrics.jsonl"
         self.rollouts_path = self.path / "rollouts.jsonl"
@@ -41,6 +45,8 @@ class RunDir:
 
     def start(self, config: Config) -> None:
         """Write the resolved config and environment; start fresh metrics and rollouts files."""
+        if not self.writer:
+            return
         save_config(config, self.path / "config.yaml")
         self.write_json("environment.json", environment(config.train.seed))
         for p in self.logs:
@@ -52,15 +58,23 @@ class RunDir:
 
     def resume(self, config: Config, offsets: dict[str, int]) -> None:
         """Cut the logs back to where the checkpoint was taken: rows of lost steps are not kept twice."""
+        if not self.writer:
+            return
         save_config(config, self.path / "config.yaml")
         for p in self.logs:
             with p.open("ab") as f:
                 f.truncate(offsets.get(p.name, 0))
 
-    def append(self, path: Path, rows: list[dict]) -> None:
+    def append(self, path: Path, rows: list[dict], every_process: bool = False) -> None:
+        """Append JSON lines. `every_process`: also from non-main processes (each line is one write to
+        a file opened for appending, so lines from several processes do not interleave)."""
+        if not (self.writer or every_process):
+            return
         with path.open("a", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(_jsonable(row)) + "\n")
+                if every_process:
+                    f.flush()  # one write per line
 
     def log_metrics(self, row: dict) -> None:
         self.append(self.metrics_path, [row])
@@ -77,6 +91,8 @@ class RunDir:
 
     def write_json(self, name: str, data: dict) -> Path:
         path = self.path / name
+        if not self.writer:
+            return path
         path.write_text(json.dumps(_jsonable(data), indent=2) + "\n", encoding="utf-8")
         return path
 

@@ -22,6 +22,7 @@ from grpokit.batching import batch_indices
 from grpokit.checkpoint import find_resumable, load_checkpoint, save_checkpoint
 from grpokit.config import Config
 from grpokit.data import Example, check_pairs, load_examples, render_prompt
+from grpokit.distributed import world
 from grpokit.errors import GrpokitError
 from grpokit.evaluation import evaluate
 from grpokit.methods import METHODS, ONLINE, PAIR_DATA, Method, ScoredGroups
@@ -119,6 +120,34 @@ def prepare_inputs(config: Config) -> Inputs:
                   {"train": dropped_train, "eval": dropped_eval})
 
 
+@dataclass
+class StepRecord:
+    """What one step sampled, scored and trained on, per completion: enough for its metrics and rollouts.
+    With several processes each holds its own groups; `merge` joins them in rank order."""
+
+    rows: list[int]  # training row of each group
+    scores: Scores
+    lengths: list[int]
+    truncated: list[bool]
+    completions: list[str]
+    passed: list[bool] | None
+    advantages: list[float | None] | None  # None for a group dynamic sampling dropped
+    groups_trained: int
+
+    @staticmethod
+    def merge(parts: list[StepRecord]) -> StepRecord:
+        if len(parts) == 1:
+            return parts[0]
+
+        def joined(name):
+            values = [getattr(p, name) for p in parts]
+            return None if values[0] is None else [v for part in values for v in part]
+
+        return StepRecord(joined("rows"), Scores.concat([p.scores for p in parts]), joined("lengths"),
+                          joined("truncated"), joined("completions"), joined("passed"), joined("advantages"),
+                          sum(p.groups_trained for p in parts))
+
+
 class Trainer:
     """Holds the model, optimiser and run folder of one job; `run()` does the whole job.
 
@@ -129,6 +158,7 @@ class Trainer:
 
     def __init__(self, config: Config, inputs: Inputs, run: RunDir, resume_from: Path | None = None):
         self.config, self.inputs, self.run, self.resume_from = config, inputs, run, resume_from
+        self.world = world()
         self.tokenizer = inputs.tokenizer
         self.model = self._load_policy()
         self.device = next(self.model.parameters()).device
@@ -160,7 +190,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, step: int, label: str) -> dict | None:
-        if not self.inputs.eval:
+        if not self.inputs.eval or not self.world.is_main:  # the main process evaluates; the others go on
             return None
         c = self.config
         result = evaluate(self.model, self.tokenizer, self.eval_prompts, [ex.answer for ex in self.inputs.eval],
@@ -181,6 +211,7 @@ class Trainer:
         self.model.train()
         rng = random.Random(c.train.seed)
         for i, rows in enumerate(batch_indices(len(self.train_prompts), w.batch_size, w.steps, rng)):
+            rows = self.world.shard(rows)
             metrics = sft_step(self.model, self.tokenizer, optimizer, [self.train_prompts[r] for r in rows],
                                [completions[r] for r in rows], micro_batch_size=c.optim.micro_batch_size,
                                max_grad_norm=c.optim.max_grad_norm, scheduler=scheduler,
@@ -194,7 +225,8 @@ class Trainer:
             # Fold the warm-up's adapters into the base and start fresh ones, so that "adapters off"
             # is the policy as the method starts: the same reference as without LoRA.
             merged = self.model.merge_and_unload()
-            merged.save_pretrained(self.lora_base_dir)  # a resume rebuilds the base from here
+            if self.world.is_main:
+                merged.save_pretrained(self.lora_base_dir)  # a resume rebuilds the base from here
             self.model = apply_lora(merged, c.lora)
         # Built when the method starts, after any warm-up: PPO's value model copies the policy then.
         self.method: Method = METHODS[c.train.method](c, self.model, self.tokenizer)
@@ -203,8 +235,9 @@ class Trainer:
         if self.method.needs_reference() and c.lora.enabled:
             ref_model = AdapterDisabledReference(self.model)  # the base model: no second copy
         elif self.method.needs_reference():  # the reference is the policy as the method starts (after any warm-up)
-            if self.resume_from is None:
+            if self.resume_from is None and self.world.is_main:
                 self.model.save_pretrained(reference_dir)
+            self.world.barrier()  # written before any process reads it
             ref_model = load_model(c.model, path=str(reference_dir)).eval().requires_grad_(False)
         optimizer = build_optimizer(self.model, c.optim)
         scheduler = build_scheduler(optimizer, c.train.steps * self.method.optimizer_steps_per_step(),
@@ -248,7 +281,8 @@ class Trainer:
                 + (parameter_bytes(ref_model) if ref_model is not None else 0) + self.method.extra_state_bytes())
 
     def sample_and_score(self, step: int, rows: list[int], clock: dict) -> tuple[Rollout, Scores]:
-        """A group of completions for each of these training rows, scored; adds to clock's times."""
+        """A group of completions for each of these training rows, scored; adds to clock's times.
+        Every process logs its own reward failures (each scores its own groups)."""
         c, G = self.config, self.config.sampling.group_size
         t0 = time.perf_counter()
         prompts = [self.train_prompts[r] for r in rows]
@@ -260,7 +294,9 @@ class Trainer:
         scores = self.scorer.score([p for p in prompts for _ in range(G)], rollout.completions,
                                    [ex.reward_fields() for ex in examples])
         if scores.errors:  # logged before the error-rate check, whose message points here
-            self.run.append(self.run.errors_path, [{"step": step, **e} for e in scores.errors])
+            rank = {"rank": self.world.rank} if self.world.size > 1 else {}
+            self.run.append(self.run.errors_path, [{"step": step, **rank, **e} for e in scores.errors],
+                            every_process=True)
         check_error_rate(scores, c.verify.max_error_rate)  # before the update: never step on a broken verifier
         clock["sampling"] += t1 - t0
         clock["scoring"] += time.perf_counter() - t1
@@ -278,7 +314,7 @@ class Trainer:
         The extra prompts are drawn by a generator seeded by (seed, step, round), so a resumed run
         draws the same ones.
         """
-        c, G, want = self.config, self.config.sampling.group_size, self.config.sampling.prompts_per_step
+        c, G, want = self.config, self.config.sampling.group_size, len(rows)  # this process's share of the step
         parts = [(rows, rollout, scores)]
         used = set(rows)
         for round_ in range(1, c.sampling.max_rounds):
@@ -288,7 +324,8 @@ class Trainer:
                 break
             rate = max(with_signal / len(totals), 0.25)  # expected share of new groups with signal
             pool = [r for r in range(len(self.train_prompts)) if r not in used]
-            more = random.Random(f"dynamic/{c.train.seed}/{step}/{round_}").sample(
+            stream = f"dynamic/{c.train.seed}/{step}/{round_}" + (f"/{self.world.rank}" if self.world.size > 1 else "")
+            more = random.Random(stream).sample(
                 pool, min(len(pool), want, math.ceil((want - with_signal) / rate)))
             if not more:
                 break
@@ -304,6 +341,7 @@ class Trainer:
         """Sample a group per prompt, verify it, and hand the scored groups to the method."""
         c, G = self.config, self.config.sampling.group_size
         t0 = time.perf_counter()
+        rows = self.world.shard(rows)  # whole groups per process: advantages are computed where they live
         clock = {"sampling": 0.0, "scoring": 0.0, "rounds": 0}
         rollout, scores = self.sample_and_score(step, rows, clock)
         kept = list(range(len(rows)))  # the groups the update sees
@@ -325,9 +363,16 @@ class Trainer:
         self._guard(step, update)
         advantages_B = update.pop("advantages_B", None)
         advantage_of = {} if advantages_B is None else dict(zip(kept_rows, advantages_B.tolist()))
-        examples = [self.inputs.train[r] for r in rows for _ in range(G)]
 
-        lengths = rollout.completion_lengths_B.float()
+        record = StepRecord(rows, scores, rollout.completion_lengths_B.tolist(), rollout.truncated_B.tolist(),
+                            rollout.completions, None if passed_B is None else passed_B.tolist(),
+                            None if advantages_B is None else [advantage_of.get(i) for i in range(len(scores.total))],
+                            len(kept))
+        record = StepRecord.merge(self.world.gather(record))  # every process's groups, for the step's metrics
+        if not self.world.is_main:
+            return {}
+        scores, rewards_B = record.scores, torch.tensor(record.scores.total, dtype=torch.float32)
+        lengths = torch.tensor(record.lengths, dtype=torch.float32)
         row = {"step": step, "phase": "train", "reward": rewards_B.mean().item()}
         for name, component_summary in scores.summary().items():
             row[f"reward/{name}"] = component_summary["mean"]  # over the samples it could score
@@ -337,11 +382,11 @@ class Trainer:
                 row[key] = row[f"reward/{component.name}"]
         row.update({
             "reward_std": rewards_B.std().item(),
-            "pass_rate": passed_B.float().mean().item() if passed_B is not None else None,
+            "pass_rate": sum(record.passed) / len(record.passed) if record.passed is not None else None,
             "zero_variance_fraction": (zero_variance_groups(rewards_B.view(-1, G)).float().mean().item()
                                        if G > 1 else None),  # a group of one has no variance to speak of
             "mean_length": lengths.mean().item(),
-            "truncation_rate": rollout.truncated_B.float().mean().item(),
+            "truncation_rate": sum(record.truncated) / len(record.truncated),
             **update,
             "lr": lr,
             "tokens_generated": int(lengths.sum().item()),
@@ -354,15 +399,17 @@ class Trainer:
         row["reward_error_rate"] = scores.error_rate()
         row["reward_worker_restarts"] = self.scorer.restarts
         if c.sampling.dynamic:  # what filling the batch with informative groups cost
-            row.update({"sampling_rounds": clock["rounds"], "groups_sampled": len(rows), "groups_trained": len(kept)})
+            row.update({"sampling_rounds": clock["rounds"], "groups_sampled": len(record.rows),
+                        "groups_trained": record.groups_trained})
         if c.train.log_rollouts:
             self.run.log_rollouts([
-                {"step": step, "prompt": self.train_prompts[rows[i // G]], "answer": examples[i].answer,
-                 "completion": rollout.completions[i], "rewards": {k: v[i] for k, v in scores.components.items()},
-                 "reward": scores.total[i], "passed": bool(passed_B[i]) if passed_B is not None else None,
-                 **({"advantage": advantage_of.get(i)} if advantages_B is not None else {}),
-                 "truncated": bool(rollout.truncated_B[i])}
-                for i in range(len(examples))
+                {"step": step, "prompt": self.train_prompts[record.rows[i // G]],
+                 "answer": self.inputs.train[record.rows[i // G]].answer, "completion": record.completions[i],
+                 "rewards": {k: v[i] for k, v in scores.components.items()}, "reward": scores.total[i],
+                 "passed": record.passed[i] if record.passed is not None else None,
+                 **({"advantage": record.advantages[i]} if record.advantages is not None else {}),
+                 "truncated": record.truncated[i]}
+                for i in range(len(record.completions))
             ])
         row["time_step"] = time.perf_counter() - t0  # the whole step, logging included
         self.run.log_metrics(row)
@@ -398,7 +445,11 @@ class Trainer:
                 "produces extreme values: lower optim.lr, check the rewards, or inspect rollouts.jsonl for this step.")
 
     # ------------------------------------------------------------------ saving
-    def checkpoint(self, step: int, optimizer, scheduler) -> Path:
+    def checkpoint(self, step: int, optimizer, scheduler) -> Path | None:
+        """The main process writes it (every process holds the same state); the others wait for it."""
+        if not self.world.is_main:
+            self.world.barrier()
+            return None
         state = {
             "scheduler": scheduler.state_dict(),
             "train_seconds": self.train_seconds,
@@ -407,15 +458,19 @@ class Trainer:
             "summary": self.summary,
             "wall_seconds": self.wall_seconds(),
         }
-        return save_checkpoint(self.run.path / "checkpoints", step, model=self.model, tokenizer=self.tokenizer,
+        path = save_checkpoint(self.run.path / "checkpoints", step, model=self.model, tokenizer=self.tokenizer,
                                optimizer=optimizer, state=state, keep=self.config.train.keep_checkpoints,
                                save_extra=self.method.save_extra)
+        self.world.barrier()
+        return path
 
     def save(self, path: Path) -> Path:
         """A Hugging Face model folder (safetensors) that `from_pretrained` loads directly; with
         lora.save=adapter, the adapter folder that peft's `PeftModel.from_pretrained` loads."""
         if self.config.lora.enabled and self.config.lora.save == "merged":
             self.model = self.model.merge_and_unload()  # the last use of the model: training is over
+        if not self.world.is_main:
+            return path
         self.model.save_pretrained(path)
         self.tokenizer.save_pretrained(path)
         return path
@@ -441,8 +496,9 @@ class Trainer:
         self.train_method()
         self.summary["eval_after"] = self.evaluate(c.train.steps, "after")
         self.summary["model_dir"] = str(self.save(self.run.path / "final"))
-        self.summary["plot"] = str(plot_training(self.run.path))
-        self.summary["dashboard"] = str(plot_dashboard(self.run.path))
+        if self.world.is_main:
+            self.summary["plot"] = str(plot_training(self.run.path))
+            self.summary["dashboard"] = str(plot_dashboard(self.run.path))
         self.summary["peak_memory_mb"] = peak_memory_mb(self.device)
         return self.summary
 
@@ -458,6 +514,7 @@ def train(config: Config, out_dir: str | None = None) -> dict:
     if out_dir:
         config.train.out_dir = out_dir
     inputs = prepare_inputs(config)  # before the model: bad input fails fast
+    check_world(config, world())
     for split, count in inputs.dropped.items():
         if count:
             print(f"grpokit: dropped {count} {split} rows whose prompt is longer than data.max_prompt_tokens="
@@ -466,7 +523,7 @@ def train(config: Config, out_dir: str | None = None) -> dict:
     set_seed(config.train.seed)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    run = RunDir(config.train.out_dir)
+    run = RunDir(config.train.out_dir, writer=world().is_main)
     resume_from = find_resumable(run.path / "checkpoints") if config.train.resume else None
     if resume_from is None:
         if config.train.resume:
@@ -487,8 +544,27 @@ def train(config: Config, out_dir: str | None = None) -> dict:
                                                                      state["step"]]}
         trainer.wall_before = state["wall_seconds"]
     trainer.started = started
-    run.trackers = open_trackers(run.path, config)
+    run.trackers = open_trackers(run.path, config) if world().is_main else []
     summary = trainer.run_job()
     summary["wall_seconds"] = trainer.wall_seconds()
     run.write_json("summary.json", summary)
     return summary
+
+
+DISTRIBUTED_METHODS = ("grpo", "rloo", "rft")
+
+
+def check_world(config: Config, w) -> None:
+    """What several processes can run: online methods whose updates sum across processes, with
+    batches that split evenly."""
+    if w.size == 1:
+        return
+    c = config
+    if c.train.method not in DISTRIBUTED_METHODS:
+        raise GrpokitError(f"train.method={c.train.method} runs in one process only for now; with {w.size} processes "
+                           f"use one of {', '.join(DISTRIBUTED_METHODS)}.")
+    for key, value in (("sampling.prompts_per_step", c.sampling.prompts_per_step),
+                       ("warmup.batch_size", c.warmup.batch_size if c.warmup.steps else w.size)):
+        if value % w.size:
+            raise GrpokitError(f"config key '{key}' is {value}, which does not split evenly over {w.size} processes; "
+                               f"use a multiple of {w.size}.")

@@ -18,6 +18,7 @@ import torch
 from grpokit.advantages import group_advantages, zero_variance_groups
 from grpokit.batching import micro_batches
 from grpokit.config import Config
+from grpokit.distributed import world
 from grpokit.logprobs import token_logprobs
 from grpokit.losses import BatchNorm, grpo_loss
 from grpokit.methods.base import Method, ScoredGroups
@@ -44,7 +45,8 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
     advantages_B = advantages_B.to(device)
     temperature, share = config.sampling.temperature, config.train.share_prompt_forward
     mask_BC = tokens.completion_mask_BC
-    norm = BatchNorm(num_sequences=len(tokens), num_tokens=int(mask_BC.sum()),
+    w = world()  # with several processes the normalisers count the whole step, every process's rows
+    norm = BatchNorm(num_sequences=int(w.sum(len(tokens))), num_tokens=int(w.sum(int(mask_BC.sum()))),
                      max_len=config.sampling.max_new_tokens)
     # With beta = 0 a completion whose advantage is exactly 0 (every member of an all-equal group)
     # has zero loss and zero gradient: leave it out of the forward and backward passes. The
@@ -93,6 +95,7 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
         totals["loss"] += iteration_loss
         totals["grad_norm"] += grad_norm
     iterations = cfg.num_iterations
+    totals = {key: w.sum(value) if key != "grad_norm" else value for key, value in totals.items()}  # grad norm: global
     return {
         "optimizer_steps": iterations,
         "loss": totals["loss"] / iterations,

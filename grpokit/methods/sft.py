@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from grpokit.batching import TokenBatch, encode_pairs, micro_batches
+from grpokit.distributed import world
 from grpokit.logprobs import token_logprobs
 from grpokit.losses import BatchNorm, sft_loss
 from grpokit.methods.base import Method, ScoredGroups, skipped_update
@@ -19,7 +20,9 @@ from grpokit.optim import optimizer_step
 def sft_update(model, optimizer, scheduler, tokens: TokenBatch, *, micro_batch_size: int,
                max_grad_norm: float, share_prompts: bool = True) -> dict:
     """One optimiser step of SFT on the batch's completions, accumulated over micro-batches."""
-    norm = BatchNorm(num_sequences=len(tokens), num_tokens=int(tokens.completion_mask_BC.sum()), max_len=0)
+    w = world()  # with several processes the normalisers count every process's rows
+    norm = BatchNorm(num_sequences=int(w.sum(len(tokens))), num_tokens=int(w.sum(int(tokens.completion_mask_BC.sum()))),
+                     max_len=0)
     total = 0.0
     for rows in micro_batches(len(tokens), micro_batch_size):
         batch = tokens.select(rows)
@@ -28,6 +31,7 @@ def sft_update(model, optimizer, scheduler, tokens: TokenBatch, *, micro_batch_s
         loss.backward()
         total += loss.item()
     grad_norm, stepped = optimizer_step(model, optimizer, scheduler, max_grad_norm, math.isfinite(total))
+    total = w.sum(total)
     return {"loss": total, "grad_norm": grad_norm, "tokens_backpropagated": norm.num_tokens,
             "skipped_updates": int(not stepped), "trailing_skips": int(not stepped), "optimizer_steps": 1}
 

@@ -1,0 +1,77 @@
+"""Data-parallel training over several processes (`torchrun` or `accelerate launch`).
+
+Each process samples and scores whole groups for its share of a step's prompts, so a group's
+advantages are computed where the group lives. The losses are normalised by the sizes of the whole
+step (summed across processes), each process back-propagates its own rows, and gradients are
+summed across processes before the optimiser step. The update is therefore the one a single process
+would make on the whole batch with gradient accumulation, and every process holds the same weights.
+
+Gradients are summed by hand (one flattened all-reduce) rather than by wrapping the model in
+DistributedDataParallel: the shared-prompt forward runs the model twice per micro-batch, and LoRA,
+the reference view and the value model all call it in ways DDP's hooks do not expect.
+A single process is a world of size 1, and every method here is then a no-op.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+
+class World:
+    """This process's place in the job: rank, size, device, and the few collectives training needs."""
+
+    def __init__(self):
+        from accelerate import PartialState  # reads torchrun's / accelerate launch's environment
+
+        self.state = PartialState()
+        self.rank, self.size = self.state.process_index, self.state.num_processes
+        self.is_main = self.state.is_main_process
+        self.device = self.state.device
+
+    def shard(self, rows: list) -> list:
+        """This process's contiguous share of a step's rows (their number must divide evenly)."""
+        n = len(rows) // self.size
+        return rows[self.rank * n: (self.rank + 1) * n]
+
+    def sum(self, value: float) -> float:
+        if self.size == 1:
+            return value
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return t.item()
+
+    def all_finite(self, value: float) -> bool:
+        """True only if `value` is finite on every process (so all skip a step together)."""
+        return self.sum(0.0 if math.isfinite(value) else 1.0) == 0.0
+
+    def sum_gradients(self, params: list[torch.Tensor]) -> None:
+        """Sum every parameter's gradient across processes, in one flattened all-reduce."""
+        if self.size == 1 or not params:
+            return
+        grads = [p.grad for p in params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset: offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def gather(self, obj) -> list:
+        """Every process's `obj`, in rank order (on every process)."""
+        if self.size == 1:
+            return [obj]
+        out = [None] * self.size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            torch.distributed.barrier()
+
+
+@functools.lru_cache(maxsize=1)
+def world() -> World:
+    return World()
