@@ -14,6 +14,7 @@ A single process is a world of size 1, and every method here is then a no-op.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import math
 
@@ -26,10 +27,16 @@ class World:
     def __init__(self):
         from accelerate import PartialState  # reads torchrun's / accelerate launch's environment
 
-        self.state = PartialState()
+        # cpu=True where there is no GPU: accelerate then forms a gloo group from torchrun's environment
+        # (without it a CPU-only process reports a world of one).
+        self.state = PartialState(cpu=not torch.cuda.is_available())
         self.rank, self.size = self.state.process_index, self.state.num_processes
         self.is_main = self.state.is_main_process
         self.device = self.state.device
+        if self.size > 1:
+            # Leave the process group before the interpreter tears down: a gloo peer that is destroyed
+            # at exit while the other is still shutting down can abort the process (SIGABRT).
+            atexit.register(_leave_process_group)
 
     def shard(self, rows: list) -> list:
         """This process's contiguous share of a step's rows (their number must divide evenly)."""
@@ -70,6 +77,11 @@ class World:
     def barrier(self) -> None:
         if self.size > 1:
             torch.distributed.barrier()
+
+
+def _leave_process_group() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 @functools.lru_cache(maxsize=1)

@@ -548,6 +548,7 @@ def train(config: Config, out_dir: str | None = None) -> dict:
     summary = trainer.run_job()
     summary["wall_seconds"] = trainer.wall_seconds()
     run.write_json("summary.json", summary)
+    world().barrier()  # every process leaves together
     return summary
 
 

@@ -1,0 +1,75 @@
+"""Several processes (torchrun, gloo on CPU): the same update as one process, and no hang on a failure."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from grpokit.config import load_config
+from grpokit.methods.grpo import grpo_update
+
+HERE = Path(__file__).parent
+SCRIPT = HERE / "fixtures" / "distributed" / "run.py"
+REWARDS = HERE / "fixtures" / "rewards" / "sample_rewards.py"
+sys.path.insert(0, str(SCRIPT.parent))
+from shared_update import UPDATE_OVERRIDES, fixed_rollout  # noqa: E402
+
+
+def _torchrun(*args, timeout=300):
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(HERE.parent), "OMP_NUM_THREADS": "1"})
+    return done, time.perf_counter() - started
+
+
+def test_two_processes_make_the_update_of_one_process_with_accumulation(tiny_home, tmp_path):
+    out = tmp_path / "two_processes.safetensors"
+    done, _ = _torchrun("update", tiny_home["model"], out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    model = AutoModelForCausalLM.from_pretrained(tiny_home["model"])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_home["model"])
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    rollout, advantages = fixed_rollout(model, tokenizer)
+    # one process, the whole batch, in micro-batches of half of it: gradient accumulation 2
+    config = load_config(None, UPDATE_OVERRIDES + [f"optim.micro_batch_size={len(rollout.tokens) // 2}"])
+    ref = AutoModelForCausalLM.from_pretrained(tiny_home["model"]).requires_grad_(False)
+    grpo_update(model, torch.optim.SGD(model.parameters(), lr=1.0), None, rollout, advantages, config, ref)
+    two = load_file(out)
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(two[name], value, atol=1e-6, rtol=0, msg=name)
+    assert max((value - start[name]).abs().max().item() for name, value in model.state_dict().items()) > 1e-3
+
+
+def _overrides(tiny_home, out, *extra):
+    return [f"model.path={tiny_home['model']}", f"data.train={tiny_home['train']}", f"data.eval={tiny_home['eval']}",
+            "data.max_eval_examples=4", "sampling.group_size=2", "sampling.max_new_tokens=6",
+            "sampling.prompts_per_step=4", "train.steps=2", "warmup.steps=2", "warmup.batch_size=4",
+            "train.save_every=1", "train.progress=false", f"train.out_dir={out}", "verify.isolate=false",
+            "grpo.beta=0.04", *extra]
+
+
+def test_a_two_process_run_writes_one_set_of_files_with_every_group(tiny_home, tmp_path):
+    done, _ = _torchrun("train", *_overrides(tiny_home, tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r.get("phase") == "train"] == [1, 2]  # logged once, by the main process
+    rollouts = [json.loads(line) for line in (tmp_path / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rollouts) == 2 * 4 * 2  # both processes' groups: steps x prompts x group size
+    assert len({r["prompt"] for r in rollouts if r["step"] == 1}) == 4
+    assert (tmp_path / "final" / "config.json").is_file() and (tmp_path / "checkpoints" / "step_2").is_dir()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["eval_after"]["n"] == 4
+
+
+def test_a_failure_on_one_process_ends_the_job_quickly(tiny_home, tmp_path):
+    reward = f"rewards=[accuracy, {{name: '{REWARDS}:exit_on_rank_one', alias: crash}}]"
+    done, seconds = _torchrun("train", *_overrides(tiny_home, tmp_path, reward, "warmup.steps=0"), timeout=120)
+    assert done.returncode != 0
+    assert seconds < 60  # torchrun ends the other process; nobody waits for a collective's 30-minute timeout
