@@ -24,7 +24,10 @@ class TokenBatch:
 
     def select(self, rows: torch.Tensor | list[int]) -> TokenBatch:
         """Rows of the batch, with columns that are padding in every selected row cut away."""
-        rows = torch.as_tensor(rows, device=self.prompt_ids_BP.device)
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.prompt_ids_BP.device)
+        if len(rows) == 0:  # e.g. a process with nothing to train on this step, which still joins the all-reduce
+            return TokenBatch(self.prompt_ids_BP[:0], self.prompt_mask_BP[:0], self.completion_ids_BC[:0, :0],
+                              self.completion_mask_BC[:0, :0])
         p_mask, c_mask = self.prompt_mask_BP[rows], self.completion_mask_BC[rows]
         first = int(p_mask.any(0).long().argmax())  # left padding shared by all rows
         width = int(c_mask.sum(-1).max())  # longest completion among the rows

@@ -43,8 +43,12 @@ def optimizer_step(model, optimizer, scheduler, max_grad_norm: float, loss_is_fi
     A non-finite loss or gradient norm skips the step entirely: parameters, optimizer state and
     schedule stay exactly as they were (a NaN must never reach Adam's moment estimates).
     """
-    params = [p for p in model.parameters() if p.grad is not None]
     w = world()
+    if w.size > 1:  # every process sums the same tensors, also one whose rows gave it no gradient
+        for p in model.parameters():
+            if p.requires_grad and p.grad is None:
+                p.grad = torch.zeros_like(p)
+    params = [p for p in model.parameters() if p.grad is not None]
     w.sum_gradients(params)  # several processes: each holds its rows' share of the step's gradient
     grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.tensor(0.0)
     if not (w.all_finite(0.0 if loss_is_finite else math.nan) and torch.isfinite(grad_norm)):

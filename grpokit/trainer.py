@@ -417,6 +417,7 @@ class Trainer:
 
     def offline_step(self, step: int, rows: list[int], optimizer, scheduler, ref_model) -> dict:
         t0 = time.perf_counter()
+        rows = self.world.shard(rows)
         self.model.train()
         lr = scheduler.get_last_lr()[0]
         update = self.method.update(optimizer, scheduler, ref_model,
@@ -552,7 +553,7 @@ def train(config: Config, out_dir: str | None = None) -> dict:
     return summary
 
 
-DISTRIBUTED_METHODS = ("grpo", "rloo", "rft")
+DISTRIBUTED_METHODS = ("grpo", "rloo", "rft", "online_dpo", "online_orpo", "sft", "dpo", "orpo")
 
 
 def check_world(config: Config, w) -> None:
@@ -564,8 +565,11 @@ def check_world(config: Config, w) -> None:
     if c.train.method not in DISTRIBUTED_METHODS:
         raise GrpokitError(f"train.method={c.train.method} runs in one process only for now; with {w.size} processes "
                            f"use one of {', '.join(DISTRIBUTED_METHODS)}.")
-    for key, value in (("sampling.prompts_per_step", c.sampling.prompts_per_step),
-                       ("warmup.batch_size", c.warmup.batch_size if c.warmup.steps else w.size)):
+    from grpokit.methods import ONLINE
+
+    batch = ("sampling.prompts_per_step", c.sampling.prompts_per_step) if c.train.method in ONLINE \
+        else ("offline.batch_size", c.offline.batch_size)
+    for key, value in (batch, ("warmup.batch_size", c.warmup.batch_size if c.warmup.steps else w.size)):
         if value % w.size:
             raise GrpokitError(f"config key '{key}' is {value}, which does not split evenly over {w.size} processes; "
                                f"use a multiple of {w.size}.")

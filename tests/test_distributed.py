@@ -73,3 +73,21 @@ def test_a_failure_on_one_process_ends_the_job_quickly(tiny_home, tmp_path):
     done, seconds = _torchrun("train", *_overrides(tiny_home, tmp_path, reward, "warmup.steps=0"), timeout=120)
     assert done.returncode != 0
     assert seconds < 60  # torchrun ends the other process; nobody waits for a collective's 30-minute timeout
+
+
+def test_pair_and_supervised_methods_run_on_two_processes(tiny_home, tmp_path):
+    """online_dpo, where one process may find no pair in its groups and must still join the step
+    (in this seeded draw step 4's only pair is in process 0's groups), and sft."""
+    parity = f"rewards=[{{name: '{REWARDS}:length_parity_on_even_answers', alias: parity}}]"
+    for method, extra in (("online_dpo", [parity, "online.pass_reward=total", "online.pass_threshold=0.5",
+                                          "sampling.group_size=4", "train.steps=4", "warmup.steps=0"]),
+                          ("sft", ["offline.batch_size=4", "warmup.steps=0"])):
+        out = tmp_path / method
+        done, _ = _torchrun("train", *_overrides(tiny_home, out, f"train.method={method}", *extra))
+        assert done.returncode == 0, (method, done.stderr[-3000:])
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        steps = [r for r in rows if r.get("phase") == "train"]
+        assert [r["step"] for r in steps] == list(range(1, len(steps) + 1)) and steps, method
+        assert all(r.get("loss") is not None or r.get("no_data_reason") for r in steps), method
+        if method == "online_dpo":
+            assert any(r["pairs"] > 0 and r["loss"] is not None for r in steps)

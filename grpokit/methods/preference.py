@@ -16,6 +16,7 @@ import random
 import torch
 
 from grpokit.batching import TokenBatch, encode_pairs, micro_batches
+from grpokit.distributed import world
 from grpokit.logprobs import token_logprobs
 from grpokit.losses import dpo_loss, orpo_loss, sequence_logprob
 from grpokit.methods.base import Method, ScoredGroups, skipped_update
@@ -25,12 +26,15 @@ from grpokit.optim import optimizer_step
 
 def pair_update(model, ref_model, optimizer, scheduler, tokens: TokenBatch, *, loss: str, beta: float = 0.1,
                 lam: float = 0.1, micro_batch_size: int, max_grad_norm: float, share_prompts: bool = True) -> dict:
-    """One optimiser step of `loss` ("dpo" or "orpo") on the pairs (row i, row n + i) of `tokens`."""
-    num_pairs = len(tokens) // 2
-    chosen_tokens = int(tokens.completion_mask_BC[:num_pairs].sum())
+    """One optimiser step of `loss` ("dpo" or "orpo") on the pairs (row i, row n + i) of `tokens`.
+    With several processes the loss is normalised by every process's pairs and chosen tokens."""
+    w = world()
+    local_pairs = len(tokens) // 2
+    num_pairs = int(w.sum(local_pairs))
+    chosen_tokens = int(w.sum(int(tokens.completion_mask_BC[:local_pairs].sum())))
     sums: dict[str, float] = {"loss": 0.0}
-    for pair_rows in micro_batches(num_pairs, max(1, micro_batch_size // 2)):
-        batch = tokens.select(pair_rows + [num_pairs + i for i in pair_rows])
+    for pair_rows in micro_batches(local_pairs, max(1, micro_batch_size // 2)):
+        batch = tokens.select(pair_rows + [local_pairs + i for i in pair_rows])
         n = len(pair_rows)
         logp_BT = token_logprobs(model, batch, 1.0, share_prompts)
         if loss == "dpo":
@@ -48,8 +52,10 @@ def pair_update(model, ref_model, optimizer, scheduler, tokens: TokenBatch, *, l
         for key, v in metrics.items():
             sums[key] = sums.get(key, 0.0) + v
     grad_norm, stepped = optimizer_step(model, optimizer, scheduler, max_grad_norm, math.isfinite(sums["loss"]))
+    keys = ("loss", "reward_margin", "accuracy", "chosen_reward", "rejected_reward", "nll", "or_loss", "log_odds_ratio")
+    sums = {key: w.sum(sums.get(key, 0.0)) for key in keys}  # every process's pairs
     out = {"loss": sums["loss"], "grad_norm": grad_norm, "pairs": num_pairs,
-           "tokens_backpropagated": int(tokens.completion_mask_BC.sum()),
+           "tokens_backpropagated": int(w.sum(int(tokens.completion_mask_BC.sum()))),
            "skipped_updates": int(not stepped), "trailing_skips": int(not stepped), "optimizer_steps": 1}
     if loss == "dpo":
         out.update({"reward_margin": sums["reward_margin"] / num_pairs,
@@ -103,7 +109,7 @@ class OnlinePairs(_PairMethod):
         pairs = preference_pairs(data.passed_B, data.rewards_B, data.rollout.completions, data.group_size,
                                  rule=o.pair_rule, pairs_per_prompt=o.pairs_per_prompt, rng=rng,
                                  scored_B=data.scored_B)
-        if not pairs:
+        if world().sum(len(pairs)) == 0:  # decided together: a process with no pairs still joins the step
             return {**skipped_update("no group had both a passing and a failing completion", scheduler), "pairs": 0}
         rows = [w for w, _ in pairs] + [r for _, r in pairs]
         tokens = data.rollout.tokens.to(self.device).select(rows)

@@ -69,7 +69,7 @@ class RFT(Method):
 
     def update(self, optimizer, scheduler, ref_model, data: ScoredGroups) -> dict:
         rows = rft_rows(data.passed_B, data.rollout.completions, data.group_size, data.rollout.truncated_B)
-        if not rows:
+        if world().sum(len(rows)) == 0:  # decided together: a process with no rows still joins the step
             return skipped_update("no completion passed verification", scheduler)
         tokens = data.rollout.tokens.to(self.device).select(rows)
         metrics = sft_update(self.model, optimizer, scheduler, tokens,
