@@ -553,20 +553,11 @@ def train(config: Config, out_dir: str | None = None) -> dict:
     return summary
 
 
-DISTRIBUTED_METHODS = ("grpo", "rloo", "rft", "online_dpo", "online_orpo", "sft", "dpo", "orpo")
-
-
 def check_world(config: Config, w) -> None:
-    """What several processes can run: online methods whose updates sum across processes, with
-    batches that split evenly."""
+    """With several processes, a step's prompts (or rows) must split evenly over them."""
     if w.size == 1:
         return
     c = config
-    if c.train.method not in DISTRIBUTED_METHODS:
-        raise GrpokitError(f"train.method={c.train.method} runs in one process only for now; with {w.size} processes "
-                           f"use one of {', '.join(DISTRIBUTED_METHODS)}.")
-    from grpokit.methods import ONLINE
-
     batch = ("sampling.prompts_per_step", c.sampling.prompts_per_step) if c.train.method in ONLINE \
         else ("offline.batch_size", c.offline.batch_size)
     for key, value in (batch, ("warmup.batch_size", c.warmup.batch_size if c.warmup.steps else w.size)):

@@ -77,10 +77,12 @@ def test_a_failure_on_one_process_ends_the_job_quickly(tiny_home, tmp_path):
 
 def test_pair_and_supervised_methods_run_on_two_processes(tiny_home, tmp_path):
     """online_dpo, where one process may find no pair in its groups and must still join the step
-    (in this seeded draw step 4's only pair is in process 0's groups), and sft."""
+    (in this seeded draw step 4's only pair is in process 0's groups); ppo, whose value model's
+    gradients and whitening statistics also cross processes; and sft."""
     parity = f"rewards=[{{name: '{REWARDS}:length_parity_on_even_answers', alias: parity}}]"
     for method, extra in (("online_dpo", [parity, "online.pass_reward=total", "online.pass_threshold=0.5",
                                           "sampling.group_size=4", "train.steps=4", "warmup.steps=0"]),
+                          ("ppo", ["ppo.epochs=2", "ppo.kl_coef=0.05"]),
                           ("sft", ["offline.batch_size=4", "warmup.steps=0"])):
         out = tmp_path / method
         done, _ = _torchrun("train", *_overrides(tiny_home, out, f"train.method={method}", *extra))
@@ -91,3 +93,17 @@ def test_pair_and_supervised_methods_run_on_two_processes(tiny_home, tmp_path):
         assert all(r.get("loss") is not None or r.get("no_data_reason") for r in steps), method
         if method == "online_dpo":
             assert any(r["pairs"] > 0 and r["loss"] is not None for r in steps)
+
+
+def test_a_batch_that_does_not_split_evenly_is_refused_before_training():
+    from types import SimpleNamespace
+
+    import pytest
+
+    from grpokit.errors import GrpokitError
+    from grpokit.trainer import check_world
+
+    config = load_config(None, ["sampling.prompts_per_step=16", "warmup.steps=0"])
+    check_world(config, SimpleNamespace(size=4))  # 16 prompts over 4 processes: fine
+    with pytest.raises(GrpokitError, match="sampling.prompts_per_step' is 16, which does not split evenly over 3"):
+        check_world(config, SimpleNamespace(size=3))

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from grpokit.batching import micro_batches
+from grpokit.distributed import world
 from grpokit.logprobs import token_logprobs
 from grpokit.losses import BatchNorm, gae, ppo_policy_loss, ppo_value_loss
 from grpokit.methods.base import Method, ScoredGroups
@@ -26,13 +27,21 @@ from grpokit.optim import optimizer_step
 from grpokit.value_model import ValueModel, parameter_bytes
 
 
-def masked_whiten(x_BT: torch.Tensor, mask_BT: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over the valid tokens of the batch; 0 on padding."""
+def masked_whiten(x_BT: torch.Tensor, mask_BT: torch.Tensor, eps: float = 1e-8, total=lambda v: v) -> torch.Tensor:
+    """(x - mean) / std over the valid tokens of the batch; 0 on padding. `total` sums a number over
+    processes (identity in one process), so several processes whiten by the whole step's statistics."""
     mask_BT = mask_BT.to(x_BT.dtype)
-    n = mask_BT.sum().clamp(min=1)
-    mean = (x_BT * mask_BT).sum() / n
-    var = (((x_BT - mean) * mask_BT) ** 2).sum() / n
-    return (x_BT - mean) * torch.rsqrt(var + eps) * mask_BT
+    n = max(total(mask_BT.sum().item()), 1.0)
+    mean = total((x_BT * mask_BT).sum().item()) / n
+    var = total((((x_BT - mean) * mask_BT) ** 2).sum().item()) / n
+    return (x_BT - mean) * torch.rsqrt(torch.tensor(var + eps, dtype=x_BT.dtype, device=x_BT.device)) * mask_BT
+
+
+def _mean_and_var(values: torch.Tensor, total) -> tuple[float, float]:
+    """Mean and (population) variance of `values` across processes."""
+    n = max(total(float(values.numel())), 1.0)
+    mean = total(values.sum().item()) / n
+    return mean, total(((values - mean) ** 2).sum().item()) / n
 
 
 def token_rewards(rewards_B: torch.Tensor, lengths_B: torch.Tensor, logp_BT: torch.Tensor,
@@ -115,10 +124,12 @@ class PPO(Method):
         rewards_BC = token_rewards(data.rewards_B.to(self.device), lengths_B, old_logp_BC, ref_logp_BC, mask_BC,
                                    p.kl_coef)
         advantages_BC, returns_BC = gae(rewards_BC, old_values_BC, mask_BC, gamma=p.gamma, lam=p.lam)
+        total = world().sum  # several processes: statistics and normalisers of the whole step
         if p.whiten_advantages:
-            advantages_BC = masked_whiten(advantages_BC, mask_BC)
+            advantages_BC = masked_whiten(advantages_BC, mask_BC, total=total)
 
-        norm = BatchNorm(num_sequences=len(tokens), num_tokens=int(mask_BC.sum()), max_len=c.sampling.max_new_tokens)
+        norm = BatchNorm(num_sequences=int(total(len(tokens))), num_tokens=int(total(int(mask_BC.sum()))),
+                         max_len=c.sampling.max_new_tokens)
         sums = {"loss": 0.0, "value_loss": 0.0, "clipped": 0.0, "value_clipped": 0.0, "grad_norm": 0.0,
                 "value_grad_norm": 0.0, "value_skipped": 0}
         skipped = trailing = 0
@@ -149,8 +160,12 @@ class PPO(Method):
                            ("value_grad_norm", value_grad_norm)):
                 sums[key] += v
         tokens_seen = norm.num_tokens * p.epochs
+        for key in ("loss", "value_loss", "clipped", "value_clipped"):
+            sums[key] = total(sums[key])
         valid = mask_BC.bool()
-        residual = (returns_BC - old_values_BC)[valid]
+        _, residual_var = _mean_and_var((returns_BC - old_values_BC)[valid], total)
+        _, returns_var = _mean_and_var(returns_BC[valid], total)
+        kl = _mean_and_var((old_logp_BC - ref_logp_BC)[valid], total)[0] if ref_logp_BC is not None else None
         return {
             "optimizer_steps": p.epochs,
             "loss": sums["loss"] / p.epochs,
@@ -159,10 +174,10 @@ class PPO(Method):
             "value_grad_norm": sums["value_grad_norm"] / p.epochs,
             "clip_fraction": sums["clipped"] / max(tokens_seen, 1),
             "value_clip_fraction": sums["value_clipped"] / max(tokens_seen, 1),
-            "kl": ((old_logp_BC - ref_logp_BC)[valid].mean().item() if ref_logp_BC is not None else None),
-            "mean_value": old_values_BC[valid].mean().item(),
+            "kl": kl,
+            "mean_value": _mean_and_var(old_values_BC[valid], total)[0],
             # 1 - Var(returns - V) / Var(returns): how much of the return the critic already predicts
-            "explained_variance": (1 - residual.var() / returns_BC[valid].var().clamp(min=1e-8)).item(),
+            "explained_variance": 1 - residual_var / max(returns_var, 1e-8),
             "tokens_backpropagated": tokens_seen,  # policy, all epochs (as GRPO counts its iterations)
             "value_tokens_backpropagated": tokens_seen,  # the critic's backward passes, on top
             "skipped_updates": skipped,
