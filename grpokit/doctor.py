@@ -16,7 +16,7 @@ import torch
 
 from grpokit.advantages import zero_variance_groups
 from grpokit.config import Config
-from grpokit.modeling import autocast, load_model
+from grpokit.modeling import apply_lora, autocast, load_model
 from grpokit.rewards import BUILTIN_REWARDS, make_scorer
 from grpokit.rewards.builtin import DEFAULT_FORMAT_PATTERN
 from grpokit.run_dir import peak_memory_mb
@@ -61,7 +61,7 @@ def memory_estimate(model, config: Config, prompt_tokens: int, completion_tokens
     ref_bytes = {"float32": 4, "bfloat16": 2, "float16": 2}[config.model.dtype]
     needs_reference = (config.train.method in ("grpo", "rloo") and config.grpo.beta > 0) or \
         config.train.method in ("dpo", "online_dpo") or (config.train.method == "ppo" and config.ppo.kl_coef > 0)
-    reference = params * ref_bytes if needs_reference else 0
+    reference = params * ref_bytes if needs_reference and not config.lora.enabled else 0  # LoRA: adapters off
     value_model = params * 4 * 4 if config.train.method == "ppo" else 0  # weights, gradients, AdamW
     tokens = config.optim.micro_batch_size * (prompt_tokens + completion_tokens)
     hidden, layers, vocab = c.hidden_size, c.num_hidden_layers, c.vocab_size
@@ -83,6 +83,8 @@ def run_doctor(config: Config, *, num_groups: int = 4, show_prompts: int = 2, sh
     shown = [{"text": p, "tokens": len(tokenizer(p, add_special_tokens=False)["input_ids"])}
              for p in prompts[:show_prompts]]
     model = load_model(config.model, trainable=True)
+    if config.lora.enabled:  # only the adapters train, as in the run
+        model = apply_lora(model, config.lora)
     device = next(model.parameters()).device
     torch.manual_seed(config.train.seed)
     with autocast(config.model, device):

@@ -63,3 +63,12 @@ def test_cli_prints_json_and_strict_exit_code(tiny_home, tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["stats"]["groups"] == 2 and report["warnings"]
     assert main(["doctor", str(config), *_overrides(tiny_home), "--groups", "2", "--strict"]) == 1
+
+
+def test_lora_memory_estimate_counts_adapters_only(tiny_home):
+    pytest.importorskip("peft")
+    full = run_doctor(load_config(None, _overrides(tiny_home, "grpo.beta=0.04")), num_groups=2).memory
+    lora = run_doctor(load_config(None, _overrides(tiny_home, "grpo.beta=0.04", "lora.enabled=true", "lora.r=2")),
+                      num_groups=2).memory
+    assert full["reference"] > 0 and lora["reference"] == 0  # the reference is the model with adapters off
+    assert lora["gradients_and_adamw"] < full["gradients_and_adamw"]
