@@ -335,9 +335,6 @@ def _validate(config: Config) -> None:
         raise GrpokitError(f"config key 'sampling.group_size' must be at least 2 for {config.train.method} "
                            "(it compares completions within a group).")
     trackers_requested(config.train.report_to)
-    if config.lora.enabled and config.train.method == "ppo":
-        raise GrpokitError("lora.enabled is not supported with train.method=ppo yet (its value model copies the "
-                           "policy's full backbone); use grpo or rloo, or train all weights.")
     if config.sampling.dynamic and config.sampling.group_size < 2:
         raise GrpokitError("sampling.dynamic keeps groups whose rewards differ: it needs sampling.group_size >= 2.")
     if not 0.0 <= config.verify.max_error_rate <= 1.0:

@@ -91,3 +91,13 @@ def test_a_lora_run_keeps_the_base_as_reference_and_saves_the_adapter(tiny_home,
     # (weights, gradients, two moments, the reference)
     assert summary["trained_state_mb"] * 2**20 < 0.5 * 5 * weights
     PeftModel.from_pretrained(base, final)  # loads with peft
+
+
+def test_ppo_with_lora_trains_adapters_and_a_full_critic(tiny_home, tmp_path):
+    summary = train(load_config(None, _overrides(tiny_home, tmp_path, "train.method=ppo", "ppo.kl_coef=0.05",
+                                                 "train.steps=2")))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r.get("phase") == "train"]
+    assert [r["step"] for r in steps] == [1, 2] and all(r["value_loss"] is not None for r in steps)
+    assert abs(steps[0]["kl"]) < 1e-9  # the adapters-off reference is the policy as PPO starts
+    assert summary["eval_after"]["n"] == 4

@@ -27,6 +27,16 @@ from grpokit.optim import optimizer_step
 from grpokit.value_model import ValueModel, parameter_bytes
 
 
+def _plain_policy(model):
+    """The policy as a plain transformers model. With LoRA, a merged copy (adapters folded in), so
+    the critic starts from the policy's current weights without peft's adapter layers."""
+    if hasattr(model, "merge_and_unload"):
+        import copy
+
+        return copy.deepcopy(model).merge_and_unload()
+    return model
+
+
 def masked_whiten(x_BT: torch.Tensor, mask_BT: torch.Tensor, eps: float = 1e-8, total=lambda v: v) -> torch.Tensor:
     """(x - mean) / std over the valid tokens of the batch; 0 on padding. `total` sums a number over
     processes (identity in one process), so several processes whiten by the whole step's statistics."""
@@ -61,7 +71,7 @@ class PPO(Method):
         super().__init__(config, model, tokenizer)
         # The critic starts from the policy as PPO starts (after any warm-up): its features
         # already read the task; the head learns the values.
-        self.value_model = ValueModel.from_backbone(model).to(self.device)
+        self.value_model = ValueModel.from_backbone(_plain_policy(model)).to(self.device)
         self.value_optimizer = self._value_optimizer()
 
     def _value_optimizer(self):
