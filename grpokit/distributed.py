@@ -15,6 +15,7 @@ A single process is a world of size 1, and every method here is then a no-op.
 from __future__ import annotations
 
 import atexit
+import datetime
 import functools
 import math
 
@@ -29,7 +30,9 @@ class World:
 
         # cpu=True where there is no GPU: accelerate then forms a gloo group from torchrun's environment
         # (without it a CPU-only process reports a world of one).
-        self.state = PartialState(cpu=not torch.cuda.is_available())
+        # The main process evaluates and writes checkpoints while the others wait in the next collective:
+        # a long timeout, so a long evaluation is not taken for a hung process (NCCL's default is 10 min).
+        self.state = PartialState(cpu=not torch.cuda.is_available(), timeout=datetime.timedelta(hours=2))
         self.rank, self.size = self.state.process_index, self.state.num_processes
         self.is_main = self.state.is_main_process
         self.device = self.state.device
@@ -49,6 +52,13 @@ class World:
         t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(t)
         return t.item()
+
+    def sum_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        if self.size == 1:
+            return t
+        t = t.to(self.device)
+        torch.distributed.all_reduce(t)
+        return t.cpu()
 
     def all_finite(self, value: float) -> bool:
         """True only if `value` is finite on every process (so all skip a step together)."""

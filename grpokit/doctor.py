@@ -84,7 +84,7 @@ def run_doctor(config: Config, *, num_groups: int = 4, show_prompts: int = 2, sh
              for p in prompts[:show_prompts]]
     model = load_model(config.model, trainable=True)
     if config.lora.enabled:  # only the adapters train, as in the run
-        model = apply_lora(model, config.lora)
+        model = apply_lora(model, config.lora, seed=config.train.seed)
     device = next(model.parameters()).device
     torch.manual_seed(config.train.seed)
     with autocast(config.model, device):

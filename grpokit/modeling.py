@@ -60,8 +60,10 @@ def load_model(cfg: ModelConfig, path: str | None = None, trainable: bool = Fals
     return model.to(resolve_device(cfg.device))
 
 
-def apply_lora(model, cfg):
-    """Wrap `model` with fresh LoRA adapters (peft); only the adapters require gradients."""
+def apply_lora(model, cfg, seed: int = 0):
+    """Wrap `model` with fresh LoRA adapters (peft); only the adapters require gradients. Their random
+    initialisation comes from `seed` alone (the global stream is left as it was), so every process of a
+    multi-process run starts from the same adapters."""
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
@@ -69,8 +71,10 @@ def apply_lora(model, cfg):
     targets = cfg.target_modules if cfg.target_modules == "all-linear" else \
         [name.strip() for name in cfg.target_modules.split(",") if name.strip()]
     try:
-        return get_peft_model(model, LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                                                target_modules=targets, task_type="CAUSAL_LM"))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return get_peft_model(model, LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                                                    target_modules=targets, task_type="CAUSAL_LM"))
     except ValueError as e:  # e.g. target modules not found in the model
         raise GrpokitError(f"could not add LoRA adapters (lora.target_modules={cfg.target_modules!r}): {e}") from None
 

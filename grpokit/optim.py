@@ -45,11 +45,17 @@ def optimizer_step(model, optimizer, scheduler, max_grad_norm: float, loss_is_fi
     """
     w = world()
     if w.size > 1:  # every process sums the same tensors, also one whose rows gave it no gradient
-        for p in model.parameters():
-            if p.requires_grad and p.grad is None:
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        used = torch.tensor([float(p.grad is not None) for p in trainable])
+        used_anywhere = w.sum_tensor(used) > 0
+        for p in trainable:
+            if p.grad is None:
                 p.grad = torch.zeros_like(p)
+        w.sum_gradients(trainable)
+        for p, anywhere in zip(trainable, used_anywhere.tolist()):
+            if not anywhere:  # no process used it: leave it exactly as one process would (no decay, no momentum)
+                p.grad = None
     params = [p for p in model.parameters() if p.grad is not None]
-    w.sum_gradients(params)  # several processes: each holds its rows' share of the step's gradient
     grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.tensor(0.0)
     if not (w.all_finite(0.0 if loss_is_finite else math.nan) and torch.isfinite(grad_norm)):
         optimizer.zero_grad(set_to_none=True)

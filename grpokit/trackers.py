@@ -17,7 +17,8 @@ import yaml
 from grpokit.config import TRACKERS, Config, to_dict, trackers_requested
 from grpokit.errors import GrpokitError
 
-_PHASE_OF = {"initial": "eval", "before": "eval", "after": "eval"}  # evaluation rows share one axis
+# evaluations after the warm-up share one axis; the one before any warm-up ("initial") has its own
+_PHASE_OF = {"before": "eval", "after": "eval"}
 
 
 def _scalars(row: dict) -> tuple[str, int, dict[str, float]]:

@@ -181,8 +181,8 @@ class Trainer:
         if not c.lora.enabled:
             return load_model(c.model, path=str(self.resume_from) if self.resume_from else None, trainable=True)
         if self.resume_from is None:
-            return apply_lora(load_model(c.model, trainable=True), c.lora)
-        base = str(self.lora_base_dir) if (self.lora_base_dir / "config.json").is_file() else None
+            return apply_lora(load_model(c.model, trainable=True), c.lora, seed=c.train.seed)
+        base = str(self.lora_base_dir) if c.warmup.steps > 0 else None  # the warm-up merged into the base
         return load_lora(load_model(c.model, path=base, trainable=True), str(self.resume_from))
 
     def wall_seconds(self) -> float:
@@ -227,7 +227,7 @@ class Trainer:
             merged = self.model.merge_and_unload()
             if self.world.is_main:
                 merged.save_pretrained(self.lora_base_dir)  # a resume rebuilds the base from here
-            self.model = apply_lora(merged, c.lora)
+            self.model = apply_lora(merged, c.lora, seed=c.train.seed)  # the same on every process
         # Built when the method starts, after any warm-up: PPO's value model copies the policy then.
         self.method: Method = METHODS[c.train.method](c, self.model, self.tokenizer)
         reference_dir = self.run.path / "reference"
@@ -251,6 +251,8 @@ class Trainer:
             state = load_checkpoint(self.resume_from, optimizer)  # restores RNGs last, after model loading
             scheduler.load_state_dict(state["scheduler"])
             first_step, self.train_seconds = state["step"] + 1, state["train_seconds"]
+            if self.world.rank > 0:  # the checkpoint holds rank 0's streams: the others start fresh, per rank
+                set_seed(c.train.seed + 1_000_003 * self.world.rank + first_step)
             self.consecutive_skips = state["consecutive_skips"]
         step_fn = self.online_step if self.method.online else self.offline_step
         bar = _progress(c.train.steps, c.train.progress, initial=first_step - 1)
@@ -266,9 +268,22 @@ class Trainer:
             if c.train.save_every and step % c.train.save_every == 0:
                 self.checkpoint(step, optimizer, scheduler)
         bar.close()
+        self._check_processes_in_sync()
         self.summary["train_seconds"] = self.train_seconds
         # measured after training: AdamW allocates its moments at the first step
         self.summary["trained_state_mb"] = self.trained_state_bytes(optimizer, ref_model) / 2**20
+
+    def _check_processes_in_sync(self) -> None:
+        """Several processes must end with the same weights (they apply the same summed gradients);
+        a difference means something process-local leaked into the update. Checked, not assumed."""
+        if self.world.size == 1:
+            return
+        checksum = sum(p.detach().double().abs().sum().item() for p in self.model.parameters() if p.requires_grad)
+        sums = self.world.gather(checksum)
+        if max(sums) - min(sums) > 1e-9 * max(1.0, abs(sums[0])):
+            raise GrpokitError(f"the {self.world.size} processes ended training with different weights (parameter "
+                               f"checksums {sums}); please report this with the config.")
+        self.summary["processes"] = self.world.size
 
     def trained_state_bytes(self, optimizer, ref_model) -> int:
         """Bytes of the tensors the method keeps: policy weights and gradients, optimiser state,
@@ -362,6 +377,7 @@ class Trainer:
         t3 = time.perf_counter()
         self._guard(step, update)
         advantages_B = update.pop("advantages_B", None)
+        update.pop("zero_variance_fraction", None)  # the trainer's is over every sampled group of every process
         advantage_of = {} if advantages_B is None else dict(zip(kept_rows, advantages_B.tolist()))
 
         record = StepRecord(rows, scores, rollout.completion_lengths_B.tolist(), rollout.truncated_B.tolist(),
@@ -473,6 +489,12 @@ class Trainer:
         if not self.world.is_main:
             return path
         self.model.save_pretrained(path)
+        adapter_config = path / "adapter_config.json"
+        if adapter_config.is_file() and (self.lora_base_dir / "config.json").is_file():
+            # the adapters sit on the warm-up merged into the base, not on model.path: say so
+            config = json.loads(adapter_config.read_text(encoding="utf-8"))
+            config["base_model_name_or_path"] = str(self.lora_base_dir.resolve())
+            adapter_config.write_text(json.dumps(config, indent=2), encoding="utf-8")
         self.tokenizer.save_pretrained(path)
         return path
 
@@ -521,7 +543,7 @@ def train(config: Config, out_dir: str | None = None) -> dict:
             print(f"grpokit: dropped {count} {split} rows whose prompt is longer than data.max_prompt_tokens="
                   f"{config.data.max_prompt_tokens}.", file=sys.stderr)
     started = time.perf_counter()
-    set_seed(config.train.seed)
+    set_seed(config.train.seed + world().rank)  # several processes: a random stream each (rank 0: the seed)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     run = RunDir(config.train.out_dir, writer=world().is_main)

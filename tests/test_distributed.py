@@ -78,19 +78,24 @@ def test_a_failure_on_one_process_ends_the_job_quickly(tiny_home, tmp_path):
 def test_pair_and_supervised_methods_run_on_two_processes(tiny_home, tmp_path):
     """online_dpo, where one process may find no pair in its groups and must still join the step
     (in this seeded draw step 4's only pair is in process 0's groups); ppo, whose value model's
-    gradients and whitening statistics also cross processes; and sft."""
+    gradients and whitening statistics also cross processes; grpo with LoRA; and sft."""
     parity = f"rewards=[{{name: '{REWARDS}:length_parity_on_even_answers', alias: parity}}]"
     for method, extra in (("online_dpo", [parity, "online.pass_reward=total", "online.pass_threshold=0.5",
                                           "sampling.group_size=4", "train.steps=4", "warmup.steps=0"]),
                           ("ppo", ["ppo.epochs=2", "ppo.kl_coef=0.05"]),
+                          # fresh adapters after the warm-up must be the same on both processes, whose
+                          # random streams differ (adapter dropout draws differ per micro-batch shape)
+                          ("grpo", ["lora.enabled=true", "lora.r=4", "lora.dropout=0.1"]),
                           ("sft", ["offline.batch_size=4", "warmup.steps=0"])):
-        out = tmp_path / method
+        out = tmp_path / f"{method}_{len(extra)}"
         done, _ = _torchrun("train", *_overrides(tiny_home, out, f"train.method={method}", *extra))
         assert done.returncode == 0, (method, done.stderr[-3000:])
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         steps = [r for r in rows if r.get("phase") == "train"]
         assert [r["step"] for r in steps] == list(range(1, len(steps) + 1)) and steps, method
         assert all(r.get("loss") is not None or r.get("no_data_reason") for r in steps), method
+        # the trainer checks at the end that both processes hold the same weights
+        assert json.loads((out / "summary.json").read_text())["processes"] == 2, method
         if method == "online_dpo":
             assert any(r["pairs"] > 0 and r["loss"] is not None for r in steps)
 

@@ -76,4 +76,4 @@ class RFT(Method):
                              micro_batch_size=self.config.optim.micro_batch_size,
                              max_grad_norm=self.config.optim.max_grad_norm,
                              share_prompts=self.config.train.share_prompt_forward)
-        return {**metrics, "sft_targets": len(rows)}
+        return {**metrics, "sft_targets": int(world().sum(len(rows)))}
