@@ -101,6 +101,8 @@ def test_dynamic_sampling_trains_only_on_groups_with_signal(tiny_home, tmp_path,
         assert any(row["sampling_rounds"] > 1 for row in steps)
 
 
-def test_dynamic_sampling_needs_groups(tiny_home, tmp_path):
+def test_dynamic_sampling_needs_groups_and_is_refused_for_rft(tiny_home, tmp_path):
     with pytest.raises(GrpokitError, match="group_size >= 2"):
-        _config(tiny_home, tmp_path, "sampling.dynamic=true", "sampling.group_size=1", "train.method=rft")
+        _config(tiny_home, tmp_path, "sampling.dynamic=true", "sampling.group_size=1", "train.method=ppo")
+    with pytest.raises(GrpokitError, match="all-pass groups are exactly what rft trains on"):
+        _config(tiny_home, tmp_path, "sampling.dynamic=true", "train.method=rft")

@@ -90,6 +90,8 @@ def test_a_lora_run_keeps_the_base_as_reference_and_saves_the_adapter(tiny_home,
     # weights + the adapters' gradients and AdamW moments; a full fine-tune holds 5x the weights
     # (weights, gradients, two moments, the reference)
     assert summary["trained_state_mb"] * 2**20 < 0.5 * 5 * weights
+    adapter_config = json.loads((final / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str((tmp_path / "lora_base").resolve())  # its real base
     PeftModel.from_pretrained(base, final)  # loads with peft
 
 
