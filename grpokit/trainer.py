@@ -327,25 +327,28 @@ class Trainer:
         train on: the first prompts_per_step groups with signal, or, if no group has any, the first
         round's groups (the update then sees what it would have seen without dynamic sampling).
         The extra prompts are drawn by a generator seeded by (seed, step, round), so a resumed run
-        draws the same ones.
+        draws the same ones. With several processes each round is decided together: every process
+        says how many prompts it still needs, one draw from the prompts no process has used this
+        step is split between them, and the rounds end for all when nobody needs more.
         """
         c, G, want = self.config, self.config.sampling.group_size, len(rows)  # this process's share of the step
         parts = [(rows, rollout, scores)]
-        used = set(rows)
+        used = {r for process_rows in self.world.gather(rows) for r in process_rows}  # step-wide
         for round_ in range(1, c.sampling.max_rounds):
             totals = torch.tensor([t for _, _, s in parts for t in s.total]).view(-1, G)
             with_signal = int((~zero_variance_groups(totals)).sum())
-            if with_signal >= want:
-                break
             rate = max(with_signal / len(totals), 0.25)  # expected share of new groups with signal
+            need = 0 if with_signal >= want else min(want, math.ceil((want - with_signal) / rate))
+            needs = self.world.gather(need)
             pool = [r for r in range(len(self.train_prompts)) if r not in used]
-            stream = f"dynamic/{c.train.seed}/{step}/{round_}" + (f"/{self.world.rank}" if self.world.size > 1 else "")
-            more = random.Random(stream).sample(
-                pool, min(len(pool), want, math.ceil((want - with_signal) / rate)))
-            if not more:
+            draw = random.Random(f"dynamic/{c.train.seed}/{step}/{round_}").sample(pool, min(len(pool), sum(needs)))
+            if not draw:  # nobody needs more, or no prompt is left
                 break
-            used.update(more)
-            parts.append((more, *self.sample_and_score(step, more, clock)))
+            start = sum(needs[: self.world.rank])
+            more = draw[start: start + need]
+            used.update(draw)
+            if more:
+                parts.append((more, *self.sample_and_score(step, more, clock)))
         all_rows = [r for part_rows, _, _ in parts for r in part_rows]
         rollout = Rollout.concat([r for _, r, _ in parts]) if len(parts) > 1 else rollout
         scores = Scores.concat([s for _, _, s in parts]) if len(parts) > 1 else scores

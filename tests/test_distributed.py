@@ -86,6 +86,8 @@ def test_pair_and_supervised_methods_run_on_two_processes(tiny_home, tmp_path):
                           # fresh adapters after the warm-up must be the same on both processes, whose
                           # random streams differ (adapter dropout draws differ per micro-batch shape)
                           ("grpo", ["lora.enabled=true", "lora.r=4", "lora.dropout=0.1"]),
+                          # extra prompts of dynamic sampling drawn once for the step, split between processes
+                          ("grpo", [parity, "sampling.dynamic=true", "sampling.max_rounds=3", "warmup.steps=0"]),
                           ("sft", ["offline.batch_size=4", "warmup.steps=0"])):
         out = tmp_path / f"{method}_{len(extra)}"
         done, _ = _torchrun("train", *_overrides(tiny_home, out, f"train.method={method}", *extra))
@@ -96,6 +98,12 @@ def test_pair_and_supervised_methods_run_on_two_processes(tiny_home, tmp_path):
         assert all(r.get("loss") is not None or r.get("no_data_reason") for r in steps), method
         # the trainer checks at the end that both processes hold the same weights
         assert json.loads((out / "summary.json").read_text())["processes"] == 2, method
+        if "sampling.dynamic=true" in extra:
+            rollouts = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+            for step in {r["step"] for r in rollouts}:
+                prompts = [r["prompt"] for r in rollouts if r["step"] == step][::2]  # one per group of 2
+                assert len(prompts) == len(set(prompts)), f"step {step}: a prompt sampled twice"
+            assert any(r["groups_sampled"] > 4 for r in steps)  # some step sampled more prompts
         if method == "online_dpo":
             assert any(r["pairs"] > 0 and r["loss"] is not None for r in steps)
 
