@@ -24,11 +24,14 @@ def _quiet_libraries() -> None:
 
 def cmd_train(args) -> int:
     from grpokit.config import load_config
+    from grpokit.distributed import world
     from grpokit.trainer import train
 
     config = load_config(args.config, [*args.overrides, *(["train.resume=true"] if args.resume else [])])
     summary = train(config, out_dir=args.out)
-    print(json.dumps(summary, indent=2))
+    if world().is_main:
+        print(json.dumps(summary, indent=2))
+    world().close()  # several processes: leave the process group together
     return 0
 
 

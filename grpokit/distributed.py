@@ -88,6 +88,13 @@ class World:
         if self.size > 1:
             torch.distributed.barrier()
 
+    def close(self) -> None:
+        """Wait for every process, then leave the process group together. A process that exits
+        while its peer is still using the group can be aborted by gloo ("terminate called")."""
+        if self.size > 1 and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
 
 def _leave_process_group() -> None:
     if torch.distributed.is_initialized():

@@ -574,7 +574,7 @@ def train(config: Config, out_dir: str | None = None) -> dict:
     summary = trainer.run_job()
     summary["wall_seconds"] = trainer.wall_seconds()
     run.write_json("summary.json", summary)
-    world().barrier()  # every process leaves together
+    world().barrier()  # every process finishes the job before any returns
     return summary
 
 
