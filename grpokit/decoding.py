@@ -61,11 +61,15 @@ def _cache_from(layers_kv: list[tuple[torch.Tensor, torch.Tensor]], capacity: in
     return cache
 
 
+def transformers_model(model):
+    """The transformers model inside a peft wrapper (or the LoRA reference view); the model itself otherwise."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def cache_argument(model) -> str:
     """The forward keyword that takes the KV cache: `cache` since transformers 5.2x, `past_key_values` before.
     Read from the underlying transformers model (a peft wrapper passes keywords through)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(transformers_model(model).forward).parameters else "past_key_values"
 
 
 def supports_cached_decoding(model) -> bool:

@@ -67,10 +67,10 @@ def token_logprobs(model, batch, temperature: float, share_prompts: bool = True)
 
 
 def _can_share_prompts(model) -> bool:
-    from grpokit.decoding import supports_cached_decoding
+    from grpokit.decoding import supports_cached_decoding, transformers_model
 
     # Gradient checkpointing re-runs layers without the cache; keep the plain path there.
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # through a peft wrapper
+    base = transformers_model(model)
     checkpointing = getattr(base, "is_activation_checkpointing", None)  # transformers >= 5.x names
     if checkpointing is None:
         checkpointing = getattr(base, "is_gradient_checkpointing", False)
