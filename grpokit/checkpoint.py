@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from grpokit.errors import GrpokitError
+from grpokit.sharding import load_optimizer_state
 
 MANIFEST = "manifest.json"
 
@@ -75,17 +76,18 @@ def set_rng_state(json_part: dict, tensors: dict) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def save_checkpoint(root: Path, step: int, *, model, tokenizer, optimizer, state: dict, keep: int,
-                    save_extra=None) -> Path:
+def save_checkpoint(root: Path, step: int, *, model, tokenizer, optimizer_state: dict, state: dict, keep: int,
+                    save_extra=None, model_state: dict | None = None) -> Path:
     """Atomically write checkpoints/step_{step} and point `latest` at it; keep the newest `keep`.
-    `save_extra(folder)` writes a method's further state (PPO's value model) into the same folder."""
+    `save_extra(folder)` writes a method's further state (PPO's value model) into the same folder;
+    `model_state` replaces the model's own state dict (a sharded model's, gathered whole)."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step_{step}"
     tmp = root / f".tmp_step_{step}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, **({"state_dict": model_state} if model_state is not None else {}))
     tokenizer.save_pretrained(tmp)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(optimizer_state, tmp / "optimizer.pt")
     if save_extra is not None:
         save_extra(tmp)
     rng_json, rng_tensors = rng_state()
@@ -163,9 +165,9 @@ def find_resumable(root: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path, optimizer) -> dict:
+def load_checkpoint(path: Path, model, optimizer) -> dict:
     """Restore optimizer and RNG states from `path` and return state.json (the model is loaded by the caller)."""
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    load_optimizer_state(model, optimizer, torch.load(path / "optimizer.pt", weights_only=True), str(path))
     state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     set_rng_state(state["rng"], torch.load(path / "rng.pt", weights_only=True))
     return state

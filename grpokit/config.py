@@ -202,6 +202,9 @@ class TrainConfig:
     share_prompt_forward: bool = option(True, "Training forward passes run each distinct prompt of a micro-batch "
                                               "once (a GRPO group, a DPO pair) and let its completions read it "
                                               "from the KV cache: same log-probs and gradients, less compute.")
+    fsdp: bool = option(False, "With several processes (torchrun), shard weights, gradients and optimiser state "
+                               "across them (FSDP2; grpo and rloo). `accelerate launch` with an FSDP config "
+                               "turns it on too.")
 
 
 @dataclass

@@ -8,6 +8,7 @@ import torch
 
 from grpokit.config import OptimConfig
 from grpokit.distributed import world
+from grpokit.sharding import is_sharded, sum_sharded_gradients
 
 
 def build_optimizer(model, cfg: OptimConfig, lr: float | None = None) -> torch.optim.AdamW:
@@ -44,7 +45,9 @@ def optimizer_step(model, optimizer, scheduler, max_grad_norm: float, loss_is_fi
     schedule stay exactly as they were (a NaN must never reach Adam's moment estimates).
     """
     w = world()
-    if w.size > 1:  # every process sums the same tensors, also one whose rows gave it no gradient
+    if is_sharded(model):  # FSDP reduce-scattered the gradients (averaged): each process holds its shard's
+        sum_sharded_gradients(model, w.size)
+    elif w.size > 1:  # every process sums the same tensors, also one whose rows gave it no gradient
         trainable = [p for p in model.parameters() if p.requires_grad]
         used = torch.tensor([float(p.grad is not None) for p in trainable])
         used_anywhere = w.sum_tensor(used) > 0
@@ -57,6 +60,8 @@ def optimizer_step(model, optimizer, scheduler, max_grad_norm: float, loss_is_fi
                 p.grad = None
     params = [p for p in model.parameters() if p.grad is not None]
     grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params]) if params else torch.tensor(0.0)
+    if hasattr(grad_norm, "full_tensor"):  # a sharded model's norm is a DTensor, reduced over every shard
+        grad_norm = grad_norm.full_tensor()
     if not (w.all_finite(0.0 if loss_is_finite else math.nan) and torch.isfinite(grad_norm)):
         optimizer.zero_grad(set_to_none=True)
         return grad_norm.item(), False

@@ -15,6 +15,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from grpokit.batching import TokenBatch, encode_prompts, pad_id
 from grpokit.decoding import decode, supports_cached_decoding
+from grpokit.sharding import full_weights
 
 ENGINES = ("grpokit", "transformers")
 
@@ -132,13 +133,14 @@ def sample(
     was_training = model.training
     model.eval()
     try:
-        if engine == "grpokit" and supports_cached_decoding(model):
-            completion_ids_BC, logprobs_BC = decode(
-                model, prompt_ids_NP, prompt_mask_NP, group_size=group_size, max_new_tokens=max_new_tokens,
-                temperature=temperature, stop_ids=stop_ids, pad_id=pad_id(tokenizer))
-        else:
-            completion_ids_BC, logprobs_BC = _generate(model, tokenizer, prompt_ids_BP, prompt_mask_BP,
-                                                       max_new_tokens, temperature, stop_ids)
+        with full_weights(model):  # a sharded (FSDP) model decodes on gathered weights: no collectives per token
+            if engine == "grpokit" and supports_cached_decoding(model):
+                completion_ids_BC, logprobs_BC = decode(
+                    model, prompt_ids_NP, prompt_mask_NP, group_size=group_size, max_new_tokens=max_new_tokens,
+                    temperature=temperature, stop_ids=stop_ids, pad_id=pad_id(tokenizer))
+            else:
+                completion_ids_BC, logprobs_BC = _generate(model, tokenizer, prompt_ids_BP, prompt_mask_BP,
+                                                           max_new_tokens, temperature, stop_ids)
     finally:
         model.train(was_training)
     mask_BC, truncated_B = completion_mask(completion_ids_BC, stop_ids)

@@ -35,6 +35,16 @@ from grpokit.rewards import BUILTIN_REWARDS, RewardComponent, build_reward_compo
 from grpokit.rewards.scoring import Scores
 from grpokit.run_dir import RunDir, peak_memory_mb
 from grpokit.sampler import Rollout, sample
+from grpokit.sharding import (
+    check_launch,
+    fsdp_from_launcher,
+    full_model_state,
+    full_weights,
+    local_numel,
+    optimizer_state,
+    save_model,
+    shard_model,
+)
 from grpokit.trackers import open_trackers
 from grpokit.value_model import parameter_bytes
 
@@ -176,10 +186,16 @@ class Trainer:
         """With LoRA and a warm-up: the warm-up's adapters merged into the base, which the method's adapters sit on."""
         return self.run.path / "lora_base"
 
+    @property
+    def fsdp(self) -> bool:
+        return (self.config.train.fsdp or fsdp_from_launcher()) and self.world.size > 1
+
     def _load_policy(self):
         c = self.config
+        check_launch(c)
         if not c.lora.enabled:
-            return load_model(c.model, path=str(self.resume_from) if self.resume_from else None, trainable=True)
+            model = load_model(c.model, path=str(self.resume_from) if self.resume_from else None, trainable=True)
+            return shard_model(model, self.world.size) if self.fsdp else model
         if self.resume_from is None:
             return apply_lora(load_model(c.model, trainable=True), c.lora, seed=c.train.seed)
         base = str(self.lora_base_dir) if c.warmup.steps > 0 else None  # the warm-up merged into the base
@@ -190,8 +206,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, step: int, label: str) -> dict | None:
-        if not self.inputs.eval or not self.world.is_main:  # the main process evaluates; the others go on
+        if not self.inputs.eval:
             return None
+        if self.fsdp:  # the main process evaluates on gathered weights; the others wait for it
+            with full_weights(self.model):
+                result = self._evaluate(step, label) if self.world.is_main else None
+                self.world.barrier()
+            return result
+        return self._evaluate(step, label) if self.world.is_main else None  # the others go on
+
+    def _evaluate(self, step: int, label: str) -> dict:
         c = self.config
         result = evaluate(self.model, self.tokenizer, self.eval_prompts, [ex.answer for ex in self.inputs.eval],
                           self.inputs.components, max_new_tokens=c.eval.max_new_tokens or c.sampling.max_new_tokens,
@@ -235,10 +259,12 @@ class Trainer:
         if self.method.needs_reference() and c.lora.enabled:
             ref_model = AdapterDisabledReference(self.model)  # the base model: no second copy
         elif self.method.needs_reference():  # the reference is the policy as the method starts (after any warm-up)
-            if self.resume_from is None and self.world.is_main:
-                self.model.save_pretrained(reference_dir)
+            if self.resume_from is None:
+                save_model(self.model, reference_dir, is_main=self.world.is_main)
             self.world.barrier()  # written before any process reads it
             ref_model = load_model(c.model, path=str(reference_dir)).eval().requires_grad_(False)
+            if self.fsdp:  # sharded too: the training passes call it the same number of times on every process
+                ref_model = shard_model(ref_model, self.world.size)
         optimizer = build_optimizer(self.model, c.optim)
         scheduler = build_scheduler(optimizer, c.train.steps * self.method.optimizer_steps_per_step(),
                                     warmup_steps=c.optim.warmup_steps, schedule=c.optim.schedule)
@@ -248,7 +274,7 @@ class Trainer:
         first_step = 1
         if self.resume_from is not None:
             self.method.load_extra(self.resume_from)
-            state = load_checkpoint(self.resume_from, optimizer)  # restores RNGs last, after model loading
+            state = load_checkpoint(self.resume_from, self.model, optimizer)  # restores RNGs last, after model loading
             scheduler.load_state_dict(state["scheduler"])
             first_step, self.train_seconds = state["step"] + 1, state["train_seconds"]
             if self.world.rank > 0:  # the checkpoint holds rank 0's streams: the others start fresh, per rank
@@ -278,20 +304,23 @@ class Trainer:
         a difference means something process-local leaked into the update. Checked, not assumed."""
         if self.world.size == 1:
             return
+        self.summary["processes"], self.summary["fsdp"] = self.world.size, self.fsdp
+        if self.fsdp:  # sharded: each process holds different weights by design
+            return
         checksum = sum(p.detach().double().abs().sum().item() for p in self.model.parameters() if p.requires_grad)
         sums = self.world.gather(checksum)
         if max(sums) - min(sums) > 1e-9 * max(1.0, abs(sums[0])):
             raise GrpokitError(f"the {self.world.size} processes ended training with different weights (parameter "
                                f"checksums {sums}); please report this with the config.")
-        self.summary["processes"] = self.world.size
 
     def trained_state_bytes(self, optimizer, ref_model) -> int:
         """Bytes of the tensors the method keeps: policy weights and gradients, optimiser state,
         the frozen reference, and the method's extra models (PPO's value model and its optimiser).
-        Counted from the live tensors, so a method that holds more models shows it."""
-        optimizer_bytes = sum(t.numel() * t.element_size() for s in optimizer.state.values()
+        Counted from the live tensors, so a method that holds more models shows it. Per process:
+        under FSDP, the shards this process holds."""
+        optimizer_bytes = sum(local_numel(t) * t.element_size() for s in optimizer.state.values()
                               for t in s.values() if torch.is_tensor(t))
-        gradients = sum(p.numel() * p.element_size() for p in self.model.parameters() if p.requires_grad)
+        gradients = sum(local_numel(p) * p.element_size() for p in self.model.parameters() if p.requires_grad)
         return (parameter_bytes(self.model) + gradients + optimizer_bytes
                 + (parameter_bytes(ref_model) if ref_model is not None else 0) + self.method.extra_state_bytes())
 
@@ -466,7 +495,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ saving
     def checkpoint(self, step: int, optimizer, scheduler) -> Path | None:
-        """The main process writes it (every process holds the same state); the others wait for it."""
+        """The main process writes it (every process holds the same state, or, under FSDP, gathers the
+        shards first: a collective); the others wait for it."""
+        model_state = full_model_state(self.model)
+        optimizer_state_ = optimizer_state(self.model, optimizer)
         if not self.world.is_main:
             self.world.barrier()
             return None
@@ -479,8 +511,8 @@ class Trainer:
             "wall_seconds": self.wall_seconds(),
         }
         path = save_checkpoint(self.run.path / "checkpoints", step, model=self.model, tokenizer=self.tokenizer,
-                               optimizer=optimizer, state=state, keep=self.config.train.keep_checkpoints,
-                               save_extra=self.method.save_extra)
+                               optimizer_state=optimizer_state_, state=state, keep=self.config.train.keep_checkpoints,
+                               save_extra=self.method.save_extra, model_state=model_state)
         self.world.barrier()
         return path
 
@@ -489,9 +521,9 @@ class Trainer:
         lora.save=adapter, the adapter folder that peft's `PeftModel.from_pretrained` loads."""
         if self.config.lora.enabled and self.config.lora.save == "merged":
             self.model = self.model.merge_and_unload()  # the last use of the model: training is over
+        save_model(self.model, path, is_main=self.world.is_main)
         if not self.world.is_main:
             return path
-        self.model.save_pretrained(path)
         adapter_config = path / "adapter_config.json"
         if adapter_config.is_file() and (self.lora_base_dir / "config.json").is_file():
             # the adapters sit on the warm-up merged into the base, not on model.path: say so

@@ -24,6 +24,7 @@ from torch import nn
 from grpokit.errors import GrpokitError
 from grpokit.logprobs import position_ids_from_mask
 from grpokit.modeling import _check_exists, resolve_device
+from grpokit.sharding import local_numel
 
 HEAD_FILE = "value_head.safetensors"
 
@@ -140,7 +141,7 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
 
 def parameter_bytes(module: nn.Module) -> int:
     """Bytes held by the parameters themselves (no gradients, optimiser state or buffers)."""
-    return sum(p.numel() * p.element_size() for p in module.parameters())
+    return sum(local_numel(p) * p.element_size() for p in module.parameters())  # this process's shard under FSDP
 
 
 def _new_head(backbone: nn.Module, seed: int) -> nn.Linear:

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -29,16 +30,19 @@ def _torchrun(*args, timeout=300):
     return done, time.perf_counter() - started
 
 
-def test_two_processes_make_the_update_of_one_process_with_accumulation(tiny_home, tmp_path):
+@pytest.mark.parametrize("mode", ["update", "update_fsdp"])
+def test_two_processes_make_the_update_of_one_process_with_accumulation(tiny_home, tmp_path, mode):
+    """Plain data parallel, and FSDP (weights, gradients and the reference sharded; clipping on)."""
     out = tmp_path / "two_processes.safetensors"
-    done, _ = _torchrun("update", tiny_home["model"], out)
+    done, _ = _torchrun(mode, tiny_home["model"], out)
     assert done.returncode == 0, done.stderr[-3000:]
     model = AutoModelForCausalLM.from_pretrained(tiny_home["model"])
     tokenizer = AutoTokenizer.from_pretrained(tiny_home["model"])
     start = {k: v.clone() for k, v in model.state_dict().items()}
     rollout, advantages = fixed_rollout(model, tokenizer)
     # one process, the whole batch, in micro-batches of half of it: gradient accumulation 2
-    config = load_config(None, UPDATE_OVERRIDES + [f"optim.micro_batch_size={len(rollout.tokens) // 2}"])
+    extra = ["optim.max_grad_norm=0.2"] if mode == "update_fsdp" else []
+    config = load_config(None, UPDATE_OVERRIDES + [f"optim.micro_batch_size={len(rollout.tokens) // 2}"] + extra)
     ref = AutoModelForCausalLM.from_pretrained(tiny_home["model"]).requires_grad_(False)
     grpo_update(model, torch.optim.SGD(model.parameters(), lr=1.0), None, rollout, advantages, config, ref)
     two = load_file(out)
@@ -120,3 +124,62 @@ def test_a_batch_that_does_not_split_evenly_is_refused_before_training():
     check_world(config, SimpleNamespace(size=4))  # 16 prompts over 4 processes: fine
     with pytest.raises(GrpokitError, match="sampling.prompts_per_step' is 16, which does not split evenly over 3"):
         check_world(config, SimpleNamespace(size=3))
+
+
+def _accelerate_launch(config_file: str, *args, timeout=300):
+    """`accelerate launch` with one of configs/accelerate/, two CPU processes (gloo)."""
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                           str(HERE.parent / "configs" / "accelerate" / config_file), "--num_processes", "2",
+                           "--main_process_port", "0", str(SCRIPT), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(HERE.parent), "OMP_NUM_THREADS": "1"})
+    return done
+
+
+def test_fsdp_through_the_accelerate_config_trains_saves_and_resumes(tiny_home, tmp_path):
+    """configs/accelerate/fsdp.yaml: weights, gradients and AdamW state sharded over two processes;
+    sampling and evaluation on gathered weights; checkpoints hold the whole model and optimiser."""
+    overrides = _overrides(tiny_home, tmp_path, "train.steps=2")
+    done = _accelerate_launch("fsdp.yaml", "train", *overrides)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["fsdp"] and summary["processes"] == 2 and summary["eval_after"]["n"] == 4
+    start = AutoModelForCausalLM.from_pretrained(tiny_home["model"]).state_dict()
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "final").state_dict()  # a whole model, not a shard
+    assert final.keys() == start.keys() and all(final[k].shape == start[k].shape for k in start)
+    assert max((final[k] - start[k]).abs().max().item() for k in start) > 1e-4
+    params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_home["model"]).parameters())
+    saved = torch.load(tmp_path / "checkpoints" / "step_2" / "optimizer.pt", weights_only=True)
+    assert all(isinstance(name, str) for name in saved["state"])  # keyed by parameter name, whole tensors
+    assert sum(s["exp_avg"].numel() for s in saved["state"].values()) == params
+    # per process: half of weights, gradients, AdamW moments and the reference of a one-process run
+    one_process_mb = params * 4 * 5 / 2**20
+    assert 0.4 * one_process_mb < summary["trained_state_mb"] < 0.6 * one_process_mb
+    done = _accelerate_launch("fsdp.yaml", "train", *overrides, "train.steps=3", "train.resume=true")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r.get("phase") == "train"] == [1, 2, 3]  # resumed after step 2
+
+
+@pytest.mark.parametrize("env, overrides, message", [
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, [], "DeepSpeed config: grpokit does not run under DeepSpeed"),
+    ({"ACCELERATE_USE_FSDP": "true"}, ["train.method=ppo"], "supports train.method grpo or rloo; 'ppo'"),
+    ({}, ["train.fsdp=true", "lora.enabled=true"], "FSDP with lora.enabled is not supported"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, [], "set fsdp_version: 2"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_ACTIVATION_CHECKPOINTING": "true"}, [], "Set it to false"),
+])
+def test_launch_settings_grpokit_cannot_honour_are_refused_before_loading(monkeypatch, env, overrides, message):
+    from grpokit.errors import GrpokitError
+    from grpokit.sharding import check_launch
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(GrpokitError, match=message):
+        check_launch(load_config(None, overrides))
+
+
+def test_no_sharding_asked_means_nothing_refused(monkeypatch):
+    from grpokit.sharding import check_launch
+
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    check_launch(load_config(None, ["train.method=ppo", "lora.enabled=true"]))
