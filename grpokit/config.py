@@ -66,8 +66,9 @@ class SamplingConfig:
                                   "(or sampling.max_rounds rounds have run). Costs extra sampling; logged per step.")
     max_rounds: int = option(3, "With sampling.dynamic: at most this many sampling rounds per step.")
     engine: str = option("grpokit", "Sampler: grpokit (KV-cached loop, each prompt encoded once per group; models "
-                                    "with sliding-window or linear-attention caches fall back to generate) or "
-                                    "transformers (model.generate).")
+                                    "with sliding-window or linear-attention caches fall back to generate), "
+                                    "transformers (model.generate), or vllm (needs a GPU and grpokit[vllm]; "
+                                    "see the vllm section).")
 
 
 @dataclass
@@ -153,6 +154,24 @@ class WarmupConfig:
 
 
 @dataclass
+class VLLMConfig:
+    mode: str = option("colocate", "colocate: a vLLM engine inside each training process, on its GPU; server: a "
+                                   "separate `vllm serve` reached at vllm.server_url (TRL's VLLMClient).")
+    gpu_memory_utilization: float = option(0.3, "colocate: share of the GPU's memory vLLM may take (weights and "
+                                                "KV cache); the rest is the trainer's.")
+    max_model_len: int | None = option(None, "colocate: vLLM's context length (default: the model's).")
+    enable_sleep_mode: bool = option(False, "colocate: free vLLM's weights and KV cache while the trainer "
+                                            "updates (slower steps, lower peak memory).")
+    server_url: str = option("http://localhost:8000", "server: the vLLM server.")
+    server_timeout: float = option(240.0, "server: seconds to wait for the server to come up.")
+    importance_correction: str = option(
+        "token_truncate", "Correct for vLLM's sampling distribution differing from the trainer's (kernels, "
+                          "precision): truncated importance sampling (Yao et al. 2025). none, token_truncate, "
+                          "token_mask, sequence_truncate or sequence_mask (grpokit.losses.sampler_importance_weights).")
+    importance_cap: float = option(2.0, "C: importance weights above it are truncated to it (or masked).")
+
+
+@dataclass
 class LoRAConfig:
     enabled: bool = option(False, "Train LoRA adapters (peft) instead of every weight. The KL reference is the "
                                   "same model with its adapters switched off: no second copy in memory.")
@@ -228,6 +247,8 @@ class Config:
     warmup: WarmupConfig = field(default_factory=WarmupConfig, metadata={"help": "SFT warm-up."})
     verify: VerifyConfig = field(default_factory=VerifyConfig, metadata={"help": "How rewards are run."})
     lora: LoRAConfig = field(default_factory=LoRAConfig, metadata={"help": "LoRA adapters (peft)."})
+    vllm: VLLMConfig = field(default_factory=VLLMConfig,
+                             metadata={"help": "vLLM sampling (sampling.engine: vllm; pip install 'grpokit[vllm]')."})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Held-out evaluation."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Training loop."})
 
@@ -237,7 +258,9 @@ CHOICES = {
     "data.dataset_format": ("auto", "gsm8k"),
     "grpo.baseline": ("mean", "leave_one_out"),
     "grpo.aggregation": ("sequence", "token", "constant"),
-    "sampling.engine": ("grpokit", "transformers"),
+    "sampling.engine": ("grpokit", "transformers", "vllm"),
+    "vllm.mode": ("colocate", "server"),
+    "vllm.importance_correction": ("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"),
     "lora.save": ("merged", "adapter"),
     "optim.schedule": ("constant", "linear", "cosine"),
     "warmup.schedule": ("constant", "linear", "cosine"),
@@ -354,6 +377,10 @@ def _validate(config: Config) -> None:
         raise GrpokitError("config keys 'ppo.gamma' and 'ppo.lam' must be between 0 and 1.")
     if not isinstance(config.rewards, list) or not config.rewards:
         raise GrpokitError("config key 'rewards' must be a non-empty list of reward components.")
+    if not config.vllm.importance_cap >= 1.0:
+        raise GrpokitError("config key 'vllm.importance_cap' must be at least 1 (weights are capped at it).")
+    if not 0.0 < config.vllm.gpu_memory_utilization < 1.0:
+        raise GrpokitError("config key 'vllm.gpu_memory_utilization' must be between 0 and 1 (a share of the GPU).")
 
 
 # ---------------------------------------------------------------------------- public API

@@ -63,6 +63,38 @@ def _clipped_surrogate(
     return -torch.minimum(unclipped_BT, clipped_BT), is_clipped_BT
 
 
+IS_CORRECTIONS = ("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+
+
+def sampler_importance_weights(old_logp_BT: torch.Tensor, sampling_logp_BT: torch.Tensor, mask_BT: torch.Tensor,
+                               mode: str, cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truncated importance sampling for a sampler that is not the trainer (Yao et al. 2025, "Your
+    efficient RL framework secretly brings you off-policy RL training").
+
+    vLLM draws tokens from pi_sampler, which differs from the trainer's pi_old (other kernels,
+    precision, weights one sync behind); the policy-gradient estimate needs the ratio
+    w = pi_old / pi_sampler, which is capped at `cap` to bound its variance:
+      token_truncate     w_t = min(exp(old_t - sampler_t), cap)
+      token_mask         w_t = exp(old_t - sampler_t), or 0 where it exceeds cap
+      sequence_truncate  w = min(exp(sum_t (old_t - sampler_t)), cap), for every token of the sequence
+      sequence_mask      w = exp(sum_t ...), or 0 where it exceeds cap
+    A NaN sampler log-prob (not reported by the sampler) counts as agreement (weight factor 1).
+    Returns (weights_BT, exceeded_BT): the detached weights, and 0/1 where the ratio went over the cap.
+    """
+    with torch.no_grad():
+        mask_BT = mask_BT.to(old_logp_BT.dtype)
+        diff_BT = torch.nan_to_num(old_logp_BT.float() - sampling_logp_BT.float(), nan=0.0) * mask_BT
+        if mode.startswith("sequence"):
+            diff_BT = diff_BT.sum(-1, keepdim=True).expand_as(diff_BT)
+        ratio_BT = torch.exp(diff_BT)
+        exceeded_BT = (ratio_BT > cap).to(old_logp_BT.dtype)
+        if mode.endswith("truncate"):
+            weights_BT = ratio_BT.clamp(max=cap)
+        else:
+            weights_BT = torch.where(ratio_BT > cap, torch.zeros_like(ratio_BT), ratio_BT)
+        return weights_BT.to(old_logp_BT.dtype), exceeded_BT
+
+
 def grpo_loss(
     logp_BT: torch.Tensor,
     old_logp_BT: torch.Tensor,
@@ -75,16 +107,20 @@ def grpo_loss(
     beta: float = 0.0,
     ref_logp_BT: torch.Tensor | None = None,
     aggregation: str = "token",
+    is_weights_BT: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped surrogate minus beta * k3 KL, aggregated by `aggregation`; returned as a loss.
 
     Per token: s = min(rho * A, clip(rho, 1 - clip_low, 1 + clip_high) * A), rho = exp(logp - old).
     With one update per rollout, pass old_logp_BT = logp_BT.detach(): rho == 1 with gradient.
+    `is_weights_BT` (detached; `sampler_importance_weights`) multiplies the surrogate, not the KL term.
     Metrics are sums over this micro-batch (the trainer adds them up and divides at the end).
     """
     mask_BT = mask_BT.to(logp_BT.dtype)
     ratio_BT = torch.exp(logp_BT - old_logp_BT)
     per_token_BT, is_clipped_BT = _clipped_surrogate(ratio_BT, advantages_B[:, None], clip_low, clip_high)
+    if is_weights_BT is not None:
+        per_token_BT = per_token_BT * is_weights_BT
     kl_BT = None
     if beta != 0.0:
         if ref_logp_BT is None:

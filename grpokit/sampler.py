@@ -30,6 +30,9 @@ class Rollout:
     truncated_B: torch.Tensor  # True where no EOS came within max_new_tokens
     completions: list[str]  # decoded completion text (special tokens dropped)
     group_size: int
+    # True when another engine (vLLM) drew the tokens: its log-probs are not the trainer's, and the
+    # update corrects for the difference (vllm.importance_correction).
+    external_sampler: bool = False
 
     @property
     def completion_lengths_B(self) -> torch.Tensor:
@@ -40,7 +43,8 @@ class Rollout:
         rows = [g * self.group_size + j for g in groups for j in range(self.group_size)]
         tokens = self.tokens.select(rows)  # trims padding columns: cut the log-probs to match
         return Rollout(tokens, self.sampling_logprobs_BC[rows, : tokens.completion_ids_BC.shape[1]],
-                       self.truncated_B[rows], [self.completions[r] for r in rows], self.group_size)
+                       self.truncated_B[rows], [self.completions[r] for r in rows], self.group_size,
+                       self.external_sampler)
 
     @staticmethod
     def concat(parts: list[Rollout]) -> Rollout:
@@ -49,7 +53,8 @@ class Rollout:
         logprobs = torch.cat([torch.nn.functional.pad(p.sampling_logprobs_BC, (0, C - p.sampling_logprobs_BC.shape[1]))
                               for p in parts])
         return Rollout(tokens, logprobs, torch.cat([p.truncated_B for p in parts]),
-                       [c for p in parts for c in p.completions], parts[0].group_size)
+                       [c for p in parts for c in p.completions], parts[0].group_size,
+                       any(p.external_sampler for p in parts))
 
 
 class _LogprobRecorder(LogitsProcessor):
@@ -122,7 +127,8 @@ def sample(
     """Draw `group_size` completions for each prompt. temperature 0 means greedy decoding.
 
     engine "grpokit" uses the cached loop where the model supports it and `generate` otherwise;
-    "transformers" always uses `generate`.
+    "transformers" always uses `generate`. "vllm" is driven by the trainer (`grpokit.vllm_engine`,
+    which holds the engine); one-off sampling here (evaluation, the doctor) uses the cached loop.
     """
     device = next(model.parameters()).device
     prompt_ids_NP, prompt_mask_NP = encode_prompts(tokenizer, prompts)
@@ -134,7 +140,7 @@ def sample(
     model.eval()
     try:
         with full_weights(model):  # a sharded (FSDP) model decodes on gathered weights: no collectives per token
-            if engine == "grpokit" and supports_cached_decoding(model):
+            if engine in ("grpokit", "vllm") and supports_cached_decoding(model):
                 completion_ids_BC, logprobs_BC = decode(
                     model, prompt_ids_NP, prompt_mask_NP, group_size=group_size, max_new_tokens=max_new_tokens,
                     temperature=temperature, stop_ids=stop_ids, pad_id=pad_id(tokenizer))
@@ -143,6 +149,13 @@ def sample(
                                                            max_new_tokens, temperature, stop_ids)
     finally:
         model.train(was_training)
+    return finish_rollout(tokenizer, prompt_ids_BP, prompt_mask_BP, completion_ids_BC, logprobs_BC, stop_ids,
+                          group_size)
+
+
+def finish_rollout(tokenizer, prompt_ids_BP, prompt_mask_BP, completion_ids_BC, logprobs_BC, stop_ids: list[int],
+                   group_size: int, external_sampler: bool = False) -> Rollout:
+    """Masks, truncation flags and texts for sampled completion ids (any engine)."""
     mask_BC, truncated_B = completion_mask(completion_ids_BC, stop_ids)
     # Decode each row up to its own length: filling the tail with some id would decode as text
     # in tokenizers whose id 0 is an ordinary character ("!" in Qwen and GPT-2).
@@ -151,10 +164,11 @@ def sample(
                                    skip_special_tokens=True)
     return Rollout(
         tokens=TokenBatch(prompt_ids_BP, prompt_mask_BP, completion_ids_BC, mask_BC),
-        sampling_logprobs_BC=logprobs_BC * mask_BC,
+        sampling_logprobs_BC=torch.where(mask_BC.bool(), logprobs_BC, torch.zeros_like(logprobs_BC)),
         truncated_B=truncated_B,
         completions=texts,
         group_size=group_size,
+        external_sampler=external_sampler,
     )
 
 

@@ -34,7 +34,7 @@ from grpokit.plots import plot_dashboard, plot_training
 from grpokit.rewards import BUILTIN_REWARDS, RewardComponent, build_reward_components, check_error_rate, make_scorer
 from grpokit.rewards.scoring import Scores
 from grpokit.run_dir import RunDir, peak_memory_mb
-from grpokit.sampler import Rollout, sample
+from grpokit.sampler import Rollout, sample, stop_token_ids
 from grpokit.sharding import (
     check_launch,
     fsdp_from_launcher,
@@ -180,6 +180,7 @@ class Trainer:
         self.wall_before = 0.0
         v = config.verify
         self.scorer = make_scorer(config.rewards, timeout=v.timeout, isolate=v.isolate)
+        self.vllm = None  # sampling.engine: vllm; started with an online method (train_method)
 
     @property
     def lora_base_dir(self) -> Path:
@@ -254,6 +255,10 @@ class Trainer:
             self.model = apply_lora(merged, c.lora, seed=c.train.seed)  # the same on every process
         # Built when the method starts, after any warm-up: PPO's value model copies the policy then.
         self.method: Method = METHODS[c.train.method](c, self.model, self.tokenizer)
+        if c.sampling.engine == "vllm" and self.method.online:
+            from grpokit.vllm_engine import VLLMSampler  # vLLM is an optional extra
+
+            self.vllm = VLLMSampler(c, c.model.path, self.world, seed=c.train.seed)
         reference_dir = self.run.path / "reference"
         ref_model = None
         if self.method.needs_reference() and c.lora.enabled:
@@ -330,9 +335,14 @@ class Trainer:
         c, G = self.config, self.config.sampling.group_size
         t0 = time.perf_counter()
         prompts = [self.train_prompts[r] for r in rows]
-        rollout = sample(self.model, self.tokenizer, prompts, group_size=G,
-                         max_new_tokens=c.sampling.max_new_tokens, temperature=c.sampling.temperature,
-                         engine=c.sampling.engine)
+        if self.vllm is not None:
+            rollout = self.vllm.sample(self.model, self.tokenizer, prompts, group_size=G,
+                                       max_new_tokens=c.sampling.max_new_tokens, temperature=c.sampling.temperature,
+                                       stop_ids=stop_token_ids(self.tokenizer, self.model))
+        else:
+            rollout = sample(self.model, self.tokenizer, prompts, group_size=G,
+                             max_new_tokens=c.sampling.max_new_tokens, temperature=c.sampling.temperature,
+                             engine=c.sampling.engine)
         t1 = time.perf_counter()
         examples = [self.inputs.train[r] for r in rows for _ in range(G)]
         scores = self.scorer.score([p for p in prompts for _ in range(G)], rollout.completions,
@@ -390,6 +400,7 @@ class Trainer:
         t0 = time.perf_counter()
         rows = self.world.shard(rows)  # whole groups per process: advantages are computed where they live
         clock = {"sampling": 0.0, "scoring": 0.0, "rounds": 0}
+        synced_before = self.vllm.sync_seconds if self.vllm is not None else 0.0
         rollout, scores = self.sample_and_score(step, rows, clock)
         kept = list(range(len(rows)))  # the groups the update sees
         if c.sampling.dynamic:
@@ -406,6 +417,8 @@ class Trainer:
                               rewards_B[kept_rows], None if passed_B is None else passed_B[kept_rows], G,
                               None if scored_B is None else scored_B[kept_rows])
         update = self.method.update(optimizer, scheduler, ref_model, groups)
+        if self.vllm is not None:
+            self.vllm.mark_stale()  # the next sampling pushes the new weights first
         t3 = time.perf_counter()
         self._guard(step, update)
         advantages_B = update.pop("advantages_B", None)
@@ -439,6 +452,8 @@ class Trainer:
             "lr": lr,
             "tokens_generated": int(lengths.sum().item()),
             "time_sampling": clock["sampling"], "time_scoring": clock["scoring"], "time_training": t3 - t2,
+            # pushing the policy's weights into vLLM, part of time_sampling
+            **({"time_weight_sync": self.vllm.sync_seconds - synced_before} if self.vllm is not None else {}),
             "peak_memory_mb": peak_memory_mb(self.device),
         })
         for name, kinds in scores.error_counts.items():
@@ -540,6 +555,8 @@ class Trainer:
                 return self._run_job()
         finally:
             self.scorer.close()
+            if self.vllm is not None:
+                self.vllm.close()
             self.run.close_trackers()
 
     def _run_job(self) -> dict:

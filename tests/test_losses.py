@@ -118,3 +118,47 @@ def test_micro_batch_losses_sum_to_full_batch_loss():
         parts = sum(grpo_loss(logp[i:i + 1], logp[i:i + 1] - 0.1, adv[i:i + 1], MASK[i:i + 1], NORM,
                               aggregation=aggregation)[0] for i in range(2))
         assert full.item() == pytest.approx(parts.item())
+
+
+def test_sampler_importance_weights_by_hand():
+    """Two sequences, three tokens; old - sampler = [[ln 2, ln 0.5, ln 4], [ln 1.5, ln 1.5, (masked) 9]]."""
+    import math
+
+    from grpokit.losses import sampler_importance_weights
+
+    old = torch.tensor([[math.log(2.0), math.log(0.5), math.log(4.0)], [math.log(1.5), math.log(1.5), 9.0]])
+    sampler = torch.zeros(2, 3)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    cap = 3.0
+    w, over = sampler_importance_weights(old, sampler, mask, "token_truncate", cap)
+    torch.testing.assert_close(w[:, :2], torch.tensor([[2.0, 0.5], [1.5, 1.5]]))
+    assert w[0, 2].item() == pytest.approx(3.0) and over[0].tolist() == [0.0, 0.0, 1.0]
+    w, _ = sampler_importance_weights(old, sampler, mask, "token_mask", cap)
+    torch.testing.assert_close(w[0], torch.tensor([2.0, 0.5, 0.0]))  # 4 > 3: masked out
+    # sequence ratios: 2 * 0.5 * 4 = 4 (over the cap), 1.5 * 1.5 = 2.25 (the masked token does not count)
+    w, over = sampler_importance_weights(old, sampler, mask, "sequence_truncate", cap)
+    torch.testing.assert_close(w, torch.tensor([[3.0] * 3, [2.25] * 3]))
+    assert over[:, 0].tolist() == [1.0, 0.0]
+    w, _ = sampler_importance_weights(old, sampler, mask, "sequence_mask", cap)
+    torch.testing.assert_close(w, torch.tensor([[0.0] * 3, [2.25] * 3]))
+    # a log-prob the sampler did not report counts as agreement
+    w, _ = sampler_importance_weights(old, torch.tensor([[float("nan"), 0, 0], [0, 0, 0]]), mask, "token_truncate",
+                                      cap)
+    assert w[0, 0].item() == 1.0
+
+
+def test_importance_weights_scale_the_surrogate_not_the_kl():
+    from grpokit.losses import BatchNorm, grpo_loss, k3_kl
+
+    logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    ref = torch.tensor([[-1.5, -1.0]])
+    mask, adv, w = torch.ones(1, 2), torch.tensor([2.0]), torch.tensor([[0.5, 3.0]])
+    norm = BatchNorm(num_sequences=1, num_tokens=2, max_len=2)
+    loss, _ = grpo_loss(logp, logp.detach(), adv, mask, norm, beta=0.1, ref_logp_BT=ref, is_weights_BT=w)
+    # on-policy surrogate per token is -A = -2; weighted: -1, -6; KL unweighted
+    expected = ((-2.0 * w) + 0.1 * k3_kl(logp.detach(), ref)).sum() / 2
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+    loss.backward()
+    # d/dlogp of -A * w * exp(logp - old): -A * w; plus beta * d k3 / dlogp = beta * (1 - exp(ref - logp))
+    grad = (-2.0 * w + 0.1 * (1 - torch.exp(ref - logp.detach()))) / 2
+    torch.testing.assert_close(logp.grad, grad)

@@ -20,7 +20,7 @@ from grpokit.batching import micro_batches
 from grpokit.config import Config
 from grpokit.distributed import world
 from grpokit.logprobs import token_logprobs
-from grpokit.losses import BatchNorm, grpo_loss
+from grpokit.losses import BatchNorm, grpo_loss, sampler_importance_weights
 from grpokit.methods.base import Method, ScoredGroups
 from grpokit.optim import optimizer_step
 from grpokit.sampler import Rollout
@@ -67,7 +67,11 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
     reference_seconds = time.perf_counter() - started
 
     old_logps: list[torch.Tensor | None] = [None] * len(chunks)
-    totals = {"loss": 0.0, "clipped_tokens": 0.0, "kl_sum": 0.0, "tokens": 0.0, "grad_norm": 0.0}
+    # Tokens drawn by another engine (vLLM): weight the surrogate by pi_old / pi_sampler, capped.
+    correction = config.vllm.importance_correction if rollout.external_sampler else "none"
+    is_weights: list[torch.Tensor | None] = [None] * len(chunks)
+    totals = {"loss": 0.0, "clipped_tokens": 0.0, "kl_sum": 0.0, "tokens": 0.0, "grad_norm": 0.0,
+              "is_weight_sum": 0.0, "is_over_cap": 0.0, "sampler_gap_sum": 0.0}
     skipped = trailing_skips = 0
     for iteration in range(cfg.num_iterations):
         iteration_loss = 0.0
@@ -77,10 +81,13 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
             if iteration == 0:
                 # pi_old is the policy that sampled: numerically the current one (ratio 1, with gradient).
                 old_logps[i] = logp_BT.detach()
+                if correction != "none":
+                    is_weights[i] = _sampler_correction(old_logps[i], rollout, rows, batch, correction,
+                                                        config.vllm.importance_cap, totals)
             loss, metrics = grpo_loss(
                 logp_BT, old_logps[i], advantages_B[rows], batch.completion_mask_BC, norm,
                 clip_low=cfg.clip_low, clip_high=cfg.clip_high, beta=cfg.beta, ref_logp_BT=ref_logps[i],
-                aggregation=cfg.aggregation,
+                aggregation=cfg.aggregation, is_weights_BT=is_weights[i],
             )
             loss.backward()  # the loss is already normalised by the whole batch: no accumulation scaling
             iteration_loss += loss.item()
@@ -108,7 +115,25 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
         "clip_fraction": totals["clipped_tokens"] / max(totals["tokens"], 1),
         "tokens_backpropagated": int(totals["tokens"]),
         "time_reference": reference_seconds,  # the no-grad reference pass, part of time_training
+        **({} if correction == "none" else {  # per token of the first iteration (the weights are fixed after it)
+            "is_weight_mean": totals["is_weight_sum"] / max(totals["tokens"] / iterations, 1),
+            "is_over_cap_fraction": totals["is_over_cap"] / max(totals["tokens"] / iterations, 1),
+            "sampler_logprob_gap": totals["sampler_gap_sum"] / max(totals["tokens"] / iterations, 1),
+        }),
     }
+
+
+def _sampler_correction(old_logp_BT, rollout: Rollout, rows: list[int], batch, mode: str, cap: float,
+                        totals: dict) -> torch.Tensor:
+    """Importance weights of one micro-batch, and their sums for the metrics."""
+    mask_BT = batch.completion_mask_BC.to(old_logp_BT.dtype)
+    sampling_BT = rollout.sampling_logprobs_BC[rows, : mask_BT.shape[1]].to(old_logp_BT.device)
+    weights_BT, over_BT = sampler_importance_weights(old_logp_BT, sampling_BT, mask_BT, mode, cap)
+    totals["is_weight_sum"] += (weights_BT * mask_BT).sum().item()
+    totals["is_over_cap"] += (over_BT * mask_BT).sum().item()
+    gap_BT = torch.nan_to_num((old_logp_BT - sampling_BT).abs(), nan=0.0)
+    totals["sampler_gap_sum"] += (gap_BT * mask_BT).sum().item()
+    return weights_BT
 
 
 class GRPO(Method):

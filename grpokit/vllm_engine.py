@@ -1,0 +1,224 @@
+"""Sampling with vLLM (`sampling.engine: vllm`, `pip install 'grpokit[vllm]'`, CUDA GPUs).
+
+The trainer keeps its Hugging Face model for the update; vLLM only draws the completions. Two modes:
+- colocate: a vLLM `LLM` inside each training process, sharing its GPU (`vllm.gpu_memory_utilization`).
+  With several processes each runs its own engine on its share of the prompts
+  (`distributed_executor_backend="external_launcher"`, the launcher's environment).
+- server: a separate `vllm serve` process (its own GPUs), reached through TRL's `VLLMClient`:
+  HTTP for generation, an NCCL group for the weights.
+
+After every update the policy's weights are pushed into vLLM before it samples again (`sync`), so
+vLLM samples from the current policy. Its log-probs still differ from the trainer's (other kernels
+and precision), so the trainer recomputes the log-probs the ratio uses, and the update corrects for
+the sampler's distribution with truncated importance weights (`losses.sampler_importance_weights`,
+`vllm.importance_correction`).
+
+Everything that touches vLLM's objects is in this file; `tests/test_vllm.py` drives it with a
+stand-in `vllm` package on CPU, and runs the real one where a GPU and vLLM are present.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+
+import torch
+
+from grpokit.batching import encode_prompts, pad_id
+from grpokit.errors import GrpokitError
+from grpokit.sampler import Rollout, finish_rollout
+from grpokit.sharding import full_weights
+
+
+def inference_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) pairs of the policy as a plain Hugging Face checkpoint would name them, which is
+    what vLLM's `load_weights` reads. LoRA adapters are merged in for the duration (peft's
+    merge_adapter / unmerge_adapter); a sharded model is gathered first (a collective)."""
+    is_peft = hasattr(model, "merge_adapter") and hasattr(model, "unmerge_adapter")
+    with full_weights(model):
+        if is_peft:
+            model.merge_adapter()
+        try:
+            for name, tensor in model.state_dict().items():
+                if is_peft:
+                    if "lora_" in name or ".original_module." in name:
+                        continue  # the adapters are merged into the base weights
+                    name = (name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+                            .replace(".modules_to_save.default.", "."))
+                yield name, tensor.detach()
+        finally:
+            if is_peft:
+                model.unmerge_adapter()
+
+
+def _sampled_logprobs(token_ids: list[int], logprobs) -> list[float]:
+    """The sampled tokens' log-probs from vLLM's per-position entries: dicts {token id: Logprob}
+    (the offline API) or lists / floats (the server client). Missing ones are NaN (unknown)."""
+    out = []
+    for position, token in enumerate(token_ids):
+        entry = logprobs[position] if logprobs is not None and position < len(logprobs) else None
+        if isinstance(entry, dict):
+            entry = entry.get(token)
+            entry = getattr(entry, "logprob", entry)
+        elif isinstance(entry, (list, tuple)):
+            entry = entry[0] if entry else None
+        out.append(math.nan if entry is None else float(entry))
+    return out
+
+
+class VLLMSampler:
+    """Draws G completions per prompt with vLLM and keeps vLLM's weights equal to the policy's."""
+
+    def __init__(self, config, model_path: str, world, seed: int):
+        self.config, self.world = config, world
+        self.mode = config.vllm.mode
+        self.synced = False  # vLLM starts from the checkpoint on disk, which need not be the policy (warm-up, resume)
+        self.sync_seconds = 0.0
+        try:
+            if self.mode == "colocate":
+                self._start_colocated(model_path, seed)
+            else:
+                self._connect(config.vllm)
+        except ImportError as e:
+            raise GrpokitError(f"sampling.engine: vllm needs vLLM ({e}). Install it on a CUDA machine with "
+                               "`pip install 'grpokit[vllm]'`, or use sampling.engine: grpokit.") from None
+
+    # ------------------------------------------------------------------ starting
+    def _start_colocated(self, model_path: str, seed: int) -> None:
+        import vllm
+
+        v, c = self.config.vllm, self.config
+        kwargs = {"max_model_len": v.max_model_len} if v.max_model_len else {}
+        if self.world.size > 1:  # one engine per training process, inside it, on the launcher's environment
+            kwargs["distributed_executor_backend"] = "external_launcher"
+        self.llm = vllm.LLM(
+            model=model_path, tokenizer=model_path,
+            dtype="auto" if c.model.dtype == "float32" else c.model.dtype,
+            gpu_memory_utilization=v.gpu_memory_utilization, enable_sleep_mode=v.enable_sleep_mode,
+            seed=seed + self.world.rank,  # each process draws its own samples
+            enable_prefix_caching=True,  # a group's G completions share the prompt's cache
+            logprobs_mode="processed_logprobs",  # after temperature: the distribution tokens are drawn from
+            **kwargs)
+        self.SamplingParams = vllm.SamplingParams
+        if v.enable_sleep_mode:
+            self.llm.sleep(level=1)
+
+    def _connect(self, v) -> None:
+        try:
+            from trl.generation.vllm_client import VLLMClient
+        except ImportError:
+            from trl.extras.vllm_client import VLLMClient
+        self.client = VLLMClient(base_url=v.server_url, connection_timeout=v.server_timeout)
+        if self.world.is_main:  # one process pushes weights (every process holds the same ones)
+            self.client.init_communicator(device=torch.cuda.current_device())
+
+    # ------------------------------------------------------------------ weights
+    def sync(self, model) -> None:
+        """Push the policy's weights into vLLM; every process calls it (a collective under FSDP)."""
+        started = time.perf_counter()
+        if self.mode == "colocate":
+            if self.config.vllm.enable_sleep_mode:
+                self.llm.wake_up(tags=["weights"])
+            self._colocated_model_call(lambda m: m.load_weights(inference_weights(model)))
+            self.llm.reset_prefix_cache()  # cached prompts were computed with the old weights
+        else:
+            weights = inference_weights(model)  # iterated on every process: gathering is a collective
+            if self.world.is_main:
+                for name, tensor in weights:
+                    self.client.update_named_param(name, tensor)
+                self.client.reset_prefix_cache()
+            else:
+                for _ in weights:
+                    pass
+            self.world.barrier()
+        self.synced = True
+        self.sync_seconds += time.perf_counter() - started
+
+    def _colocated_model_call(self, fn) -> None:
+        """fn(vLLM's torch model). In-process engines expose it directly (what TRL uses); otherwise
+        through vLLM's apply_model."""
+        executor = getattr(self.llm.llm_engine, "model_executor", None)
+        worker = getattr(executor, "driver_worker", None)
+        for path in (("model_runner", "model"), ("worker", "model_runner", "model")):
+            target = worker
+            for attribute in path:
+                target = getattr(target, attribute, None)
+            if target is not None:
+                fn(target)
+                return
+        self.llm.apply_model(fn)
+
+    def mark_stale(self) -> None:
+        """The policy changed (an optimiser step): sync before the next sampling."""
+        self.synced = False
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, model, tokenizer, prompts: list[str], *, group_size: int, max_new_tokens: int,
+               temperature: float, stop_ids: list[int]) -> Rollout:
+        if not self.synced:
+            self.sync(model)
+        prompt_ids_NP, prompt_mask_NP = encode_prompts(tokenizer, prompts)
+        token_lists = [ids[mask.bool()].tolist() for ids, mask in zip(prompt_ids_NP, prompt_mask_NP)]
+        if self.mode == "colocate":
+            completions = self._generate_colocated(token_lists, group_size, max_new_tokens, temperature, stop_ids,
+                                                   tokenizer.eos_token_id)
+        else:
+            completions = self._generate_server(token_lists, group_size, max_new_tokens, temperature, stop_ids)
+        if len(completions) != len(prompts) * group_size:
+            raise GrpokitError(f"vLLM returned {len(completions)} completions for {len(prompts)} prompts x "
+                               f"{group_size}; expected one per sample.")
+        pad = pad_id(tokenizer)
+        width = max(1, max(len(ids) for ids, _ in completions))
+        completion_ids_BC = torch.full((len(completions), width), pad, dtype=torch.long)
+        logprobs_BC = torch.zeros((len(completions), width))
+        for i, (ids, logprobs) in enumerate(completions):
+            ids, logprobs = ids[:max_new_tokens], logprobs[:max_new_tokens]
+            completion_ids_BC[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+            logprobs_BC[i, : len(ids)] = torch.tensor(logprobs, dtype=torch.float32)
+        return finish_rollout(tokenizer, prompt_ids_NP.repeat_interleave(group_size, dim=0),
+                              prompt_mask_NP.repeat_interleave(group_size, dim=0), completion_ids_BC, logprobs_BC,
+                              stop_ids, group_size, external_sampler=True)
+
+    def _generate_colocated(self, token_lists, group_size, max_new_tokens, temperature, stop_ids, eos_id):
+        params = self.SamplingParams(n=group_size, temperature=temperature, top_p=1.0, max_tokens=max_new_tokens,
+                                     stop_token_ids=stop_ids, logprobs=0, detokenize=False)
+        if self.config.vllm.enable_sleep_mode:
+            self.llm.wake_up(tags=["kv_cache"])
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in token_lists], sampling_params=params,
+                                    use_tqdm=False)
+        if self.config.vllm.enable_sleep_mode:
+            self.llm.sleep(level=1)  # level 1 keeps the weights on the CPU: the next sync overwrites them anyway
+        completions = []
+        for request in outputs:  # in the order of the prompts
+            for output in request.outputs:
+                ids = list(output.token_ids)
+                logprobs = _sampled_logprobs(ids, output.logprobs)
+                ids, logprobs = _with_stop_token(ids, logprobs, getattr(output, "finish_reason", None),
+                                                 getattr(output, "stop_reason", None), stop_ids, eos_id)
+                completions.append((ids, logprobs))
+        return completions
+
+    def _generate_server(self, token_lists, group_size, max_new_tokens, temperature, stop_ids):
+        out = self.client.generate(prompts=token_lists, n=group_size, temperature=temperature, top_p=1.0,
+                                   max_tokens=max_new_tokens, logprobs=0,
+                                   generation_kwargs={"stop_token_ids": stop_ids})
+        logprobs = out.get("logprobs") or [None] * len(out["completion_ids"])
+        return [(list(ids), _sampled_logprobs(list(ids), lps)) for ids, lps in zip(out["completion_ids"], logprobs)]
+
+    def close(self) -> None:
+        if self.mode == "server" and self.world.is_main:
+            self.client.close_communicator()
+
+
+def _with_stop_token(ids: list[int], logprobs: list[float], finish_reason, stop_reason, stop_ids: list[int],
+                     eos_id: int | None):
+    """A completion that vLLM ended on a stop token must end with that token here: the update trains
+    the model to stop. Should a vLLM version leave it out of token_ids, it is put back, with an
+    unknown sampler log-prob (its importance weight factor is then 1)."""
+    if finish_reason == "stop" and isinstance(stop_reason, int) and stop_reason in stop_ids \
+            and (not ids or ids[-1] != stop_reason):
+        return ids + [stop_reason], logprobs + [math.nan]
+    if finish_reason == "stop" and stop_reason is None and eos_id is not None and (not ids or ids[-1] not in stop_ids):
+        return ids + [eos_id], logprobs + [math.nan]  # ended by EOS, which was left out
+    return ids, logprobs

@@ -1,0 +1,189 @@
+"""sampling.engine: vllm. On CPU the engine is driven through a stand-in `vllm` package
+(tests/fixtures/fake_vllm) that samples with a Hugging Face copy of the model and only learns the
+policy's weights through `load_weights`; the last test runs the real vLLM where a GPU has it."""
+
+import copy
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from grpokit.config import LoRAConfig, load_config
+from grpokit.distributed import world
+from grpokit.logprobs import token_logprobs
+from grpokit.sampler import stop_token_ids
+from grpokit.trainer import train
+
+HERE = Path(__file__).parent
+FAKE = HERE / "fixtures" / "fake_vllm"
+REWARD = HERE / "fixtures" / "rewards" / "sample_rewards.py"
+REAL_VLLM = (importlib.util.find_spec("vllm") is not None and torch.cuda.is_available())
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    """The stand-in `vllm` package, imported fresh; its CALLS record what the engine was asked."""
+    monkeypatch.syspath_prepend(str(FAKE))
+    monkeypatch.delitem(sys.modules, "vllm", raising=False)
+    import vllm
+
+    assert vllm.__file__.startswith(str(FAKE))
+    vllm.CALLS.clear()
+    yield vllm
+    sys.modules.pop("vllm", None)
+
+
+def _prompts(tokenizer, questions=("What is 1 + 2?", "What is 30 + 45?")):
+    return [tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+            for q in questions]
+
+
+def _sampler(tiny_home, *overrides):
+    from grpokit.vllm_engine import VLLMSampler
+
+    config = load_config(None, [f"model.path={tiny_home['model']}", "sampling.engine=vllm", *overrides])
+    return VLLMSampler(config, str(tiny_home["model"]), world(), seed=0)
+
+
+def test_a_vllm_rollout_has_the_trainers_layout_and_log_probs(tiny_home, tiny_model_and_tokenizer, fake_vllm):
+    model, tokenizer = tiny_model_and_tokenizer
+    sampler = _sampler(tiny_home)
+    started = fake_vllm.CALLS[0]
+    assert started[0] == "LLM" and started[2]["logprobs_mode"] == "processed_logprobs"  # after temperature
+    torch.manual_seed(0)
+    rollout = sampler.sample(model, tokenizer, _prompts(tokenizer), group_size=3, max_new_tokens=40, temperature=0.7,
+                             stop_ids=stop_token_ids(tokenizer, model))
+    assert [c[0] for c in fake_vllm.CALLS[1:]] == ["load_weights", "reset_prefix_cache", "generate"]  # synced first
+    assert rollout.external_sampler and len(rollout.tokens) == 6 and rollout.group_size == 3
+    mask = rollout.tokens.completion_mask_BC
+    ended = ~rollout.truncated_B
+    assert ended.any()  # some completions stop within 40 tokens: their last masked token is the EOS
+    for i in ended.nonzero().flatten().tolist():
+        n = int(mask[i].sum())
+        assert rollout.tokens.completion_ids_BC[i, n - 1].item() in stop_token_ids(tokenizer, model)
+    # the same model in float32 inside the stand-in: its sampling log-probs are the trainer's at T = 0.7
+    with torch.no_grad():
+        trainer_logp = token_logprobs(model, rollout.tokens, 0.7)
+    torch.testing.assert_close(rollout.sampling_logprobs_BC * mask, trainer_logp * mask, atol=1e-4, rtol=0)
+    assert rollout.completions[0] == tokenizer.decode(
+        rollout.tokens.completion_ids_BC[0, : int(mask[0].sum())], skip_special_tokens=True)
+
+
+def test_a_stop_token_left_out_by_the_engine_is_put_back(tiny_home, tiny_model_and_tokenizer, fake_vllm,
+                                                         monkeypatch):
+    monkeypatch.setenv("FAKE_VLLM_DROP_STOP", "1")
+    model, tokenizer = tiny_model_and_tokenizer
+    torch.manual_seed(0)
+    rollout = _sampler(tiny_home).sample(model, tokenizer, _prompts(tokenizer), group_size=3, max_new_tokens=40,
+                                         temperature=0.7, stop_ids=stop_token_ids(tokenizer, model))
+    ended = (~rollout.truncated_B).nonzero().flatten().tolist()
+    assert ended  # without the fix they would all look truncated, and the model would never learn to stop
+    for i in ended:
+        n = int(rollout.tokens.completion_mask_BC[i].sum())
+        assert rollout.tokens.completion_ids_BC[i, n - 1].item() == tokenizer.eos_token_id
+        assert math.isnan(rollout.sampling_logprobs_BC[i, n - 1].item())  # unknown: importance factor 1
+
+
+def test_weights_pushed_to_vllm_are_named_like_a_checkpoint_with_adapters_merged(tiny_model_and_tokenizer):
+    pytest.importorskip("peft")
+    from grpokit.modeling import apply_lora
+    from grpokit.vllm_engine import inference_weights
+
+    base, _ = tiny_model_and_tokenizer
+    plain = dict(inference_weights(base))
+    assert plain.keys() == base.state_dict().keys()
+    policy = apply_lora(copy.deepcopy(base), LoRAConfig(r=4))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    pushed = {name: t.clone() for name, t in inference_weights(policy)}
+    merged = copy.deepcopy(policy).merge_and_unload().state_dict()
+    assert pushed.keys() == merged.keys() == base.state_dict().keys()
+    for name in merged:
+        torch.testing.assert_close(pushed[name], merged[name], atol=1e-6, rtol=0, msg=name)
+    assert any((pushed[n] - base.state_dict()[n]).abs().max() > 1e-3 for n in pushed)  # the adapters are in
+    for name, value in policy.state_dict().items():  # and merged out again afterwards
+        torch.testing.assert_close(value, before[name], atol=1e-6, rtol=0, msg=name)
+
+
+def _train_config(tiny_home, out, *extra):
+    return load_config(None, [
+        f"model.path={tiny_home['model']}", f"data.train={tiny_home['train']}", f"data.eval={tiny_home['eval']}",
+        "data.max_eval_examples=4", "sampling.group_size=4", "sampling.max_new_tokens=8",
+        "sampling.prompts_per_step=4", "train.steps=3", "train.progress=false", f"train.out_dir={out}",
+        "grpo.beta=0", "verify.isolate=false", "optim.lr=3e-3", "sampling.engine=vllm",
+        f"rewards=[{{name: '{REWARD}:length_parity_on_even_answers', alias: parity}}]", *extra])
+
+
+def _train_rows(out):
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r.get("phase") == "train"]
+
+
+def test_training_pushes_the_policy_to_vllm_before_every_sampling(tiny_home, tmp_path, fake_vllm, monkeypatch):
+    train(_train_config(tiny_home, tmp_path / "synced"))
+    steps = _train_rows(tmp_path / "synced")
+    loads = [c for c in fake_vllm.CALLS if c[0] == "load_weights"]
+    assert len(loads) == 3  # before each step's sampling: the first one because vLLM starts from disk
+    # vLLM samples from the current policy: its log-probs are the trainer's, the weights all 1
+    assert all(r["sampler_logprob_gap"] < 1e-4 and abs(r["is_weight_mean"] - 1) < 1e-4 for r in steps)
+    assert all(r["time_weight_sync"] >= 0 for r in steps)
+
+    # the control: without the push after each update, vLLM samples from stale weights, and it shows
+    from grpokit.vllm_engine import VLLMSampler
+
+    monkeypatch.setattr(VLLMSampler, "mark_stale", lambda self: None)
+    train(_train_config(tiny_home, tmp_path / "stale"))
+    stale = _train_rows(tmp_path / "stale")
+    assert stale[0]["sampler_logprob_gap"] < 1e-4 and stale[-1]["sampler_logprob_gap"] > 1e-3
+
+
+def test_a_lower_precision_sampler_is_corrected_by_capped_weights(tiny_home, tmp_path, fake_vllm, monkeypatch):
+    monkeypatch.setenv("FAKE_VLLM_DTYPE", "bfloat16")
+    train(_train_config(tiny_home, tmp_path, "train.steps=2", "vllm.importance_cap=1.0002"))
+    steps = _train_rows(tmp_path)
+    assert all(r["sampler_logprob_gap"] > 1e-4 for r in steps)  # bfloat16 log-probs differ from float32 ones
+    assert all(abs(r["is_weight_mean"] - 1) > 1e-5 and r["is_weight_mean"] <= 1.0002 for r in steps)
+    assert all(r["is_over_cap_fraction"] > 0 for r in steps)  # the largest ratios were truncated
+
+
+def test_without_vllm_installed_the_error_says_how_to_get_it(tiny_home, monkeypatch):
+    from grpokit.errors import GrpokitError
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
+    with pytest.raises(GrpokitError, match=r"pip install 'grpokit\[vllm\]'"):
+        _sampler(tiny_home)
+
+
+@pytest.mark.skipif(not REAL_VLLM, reason="needs vLLM and a CUDA GPU (pip install 'grpokit[vllm]')")
+def test_real_vllm_samples_the_policy_after_a_weight_push(tmp_path):
+    """On a GPU machine: colocated vLLM, the tiny model; a weight push changes what vLLM samples to
+    what the pushed weights would give, and its log-probs agree with the trainer's."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from grpokit.tiny import ensure_tiny
+    from grpokit.vllm_engine import VLLMSampler
+
+    home = ensure_tiny(tmp_path / "tiny", size="test")
+    model = AutoModelForCausalLM.from_pretrained(home["model"]).cuda()
+    tokenizer = AutoTokenizer.from_pretrained(home["model"])
+    config = load_config(None, [f"model.path={home['model']}", "sampling.engine=vllm",
+                                "vllm.gpu_memory_utilization=0.2"])
+    sampler = VLLMSampler(config, str(home["model"]), world(), seed=0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    rollout = sampler.sample(model, tokenizer, _prompts(tokenizer), group_size=4, max_new_tokens=16, temperature=1.0,
+                             stop_ids=stop_token_ids(tokenizer, model))
+    with torch.no_grad():
+        trainer_logp = token_logprobs(model, rollout.tokens.to("cuda"), 1.0).cpu()
+    mask = rollout.tokens.completion_mask_BC.bool()
+    gap = (rollout.sampling_logprobs_BC - trainer_logp)[mask].abs().mean().item()
+    assert gap < 0.02, gap  # float32 policy against vLLM's kernels; stale weights give gaps of ~0.5
