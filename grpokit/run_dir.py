@@ -56,14 +56,25 @@ class RunDir:
         """Sizes of the append-only logs, saved in a checkpoint so a resume can cut them back."""
         return {p.name: p.stat().st_size if p.exists() else 0 for p in self.logs}
 
-    def resume(self, config: Config, offsets: dict[str, int]) -> None:
-        """Cut the logs back to where the checkpoint was taken: rows of lost steps are not kept twice."""
+    def resume(self, config: Config, offsets: dict[str, int]) -> list[dict]:
+        """Cut the logs back to where the checkpoint was taken: rows of lost steps are not kept twice.
+        Returns the metrics rows cut (the trackers already received them)."""
         if not self.writer:
-            return
+            return []
         save_config(config, self.path / "config.yaml")
+        cut = []
+        if self.metrics_path.exists():
+            with self.metrics_path.open("rb") as f:
+                f.seek(offsets.get(self.metrics_path.name, 0))
+                for line in f.read().decode("utf-8", errors="replace").splitlines():
+                    try:
+                        cut.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        pass  # a line the kill cut in half: it was never complete anywhere
         for p in self.logs:
             with p.open("ab") as f:
                 f.truncate(offsets.get(p.name, 0))
+        return cut
 
     def append(self, path: Path, rows: list[dict], every_process: bool = False) -> None:
         """Append JSON lines. `every_process`: also from non-main processes (each line is one write to

@@ -612,14 +612,16 @@ def train(config: Config, out_dir: str | None = None) -> dict:
         trainer = Trainer(config, inputs, run)
     else:
         state = json.loads((resume_from / "state.json").read_text(encoding="utf-8"))
-        run.resume(config, state["log_offsets"])
+        cut_rows = run.resume(config, state["log_offsets"])
         print(f"grpokit: resuming from {resume_from} (step {state['step']}).", file=sys.stderr)
         trainer = Trainer(config, inputs, run, resume_from=resume_from)
         trainer.summary = {**state["summary"], "resumed_at_steps": [*state["summary"].get("resumed_at_steps", []),
                                                                      state["step"]]}
         trainer.wall_before = state["wall_seconds"]
     trainer.started = started
-    run.trackers = open_trackers(run.path, config) if world().is_main else []
+    if world().is_main:
+        run.trackers = (open_trackers(run.path, config) if resume_from is None else
+                        open_trackers(run.path, config, resumed_at=state["step"], already_logged=cut_rows))
     summary = trainer.run_job()
     summary["wall_seconds"] = trainer.wall_seconds()
     run.write_json("summary.json", summary)
