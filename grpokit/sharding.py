@@ -56,6 +56,10 @@ def check_launch(config) -> None:
                            f"{' or '.join(FSDP_METHODS)}; {config.train.method!r} runs a different number of model "
                            "calls on each process. Run it with plain data parallel (torchrun or "
                            "configs/accelerate/multi_process.yaml).")
+    if config.sampling.dynamic:
+        raise GrpokitError("FSDP with sampling.dynamic is not supported: each process may keep a different number "
+                           "of groups, and under FSDP every process must make the same model calls. Run dynamic "
+                           "sampling with plain data parallel, or switch it off.")
     if config.lora.enabled:
         raise GrpokitError("FSDP with lora.enabled is not supported: LoRA already keeps the trained state small. "
                            "Run LoRA with plain data parallel (torchrun or configs/accelerate/multi_process.yaml).")

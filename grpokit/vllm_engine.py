@@ -19,7 +19,10 @@ stand-in `vllm` package on CPU, and runs the real one where a GPU and vLLM are p
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import socket
 import time
 from collections.abc import Iterator
 
@@ -28,28 +31,46 @@ import torch
 from grpokit.batching import encode_prompts, pad_id
 from grpokit.errors import GrpokitError
 from grpokit.sampler import Rollout, finish_rollout
-from grpokit.sharding import full_weights
 
 
 def inference_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) pairs of the policy as a plain Hugging Face checkpoint would name them, which is
-    what vLLM's `load_weights` reads. LoRA adapters are merged in for the duration (peft's
-    merge_adapter / unmerge_adapter); a sharded model is gathered first (a collective)."""
-    is_peft = hasattr(model, "merge_adapter") and hasattr(model, "unmerge_adapter")
-    with full_weights(model):
-        if is_peft:
-            model.merge_adapter()
-        try:
-            for name, tensor in model.state_dict().items():
-                if is_peft:
-                    if "lora_" in name or ".original_module." in name:
-                        continue  # the adapters are merged into the base weights
-                    name = (name.removeprefix("base_model.model.").replace(".base_layer.", ".")
-                            .replace(".modules_to_save.default.", "."))
-                yield name, tensor.detach()
-        finally:
-            if is_peft:
-                model.unmerge_adapter()
+    what vLLM's `load_weights` reads. Every process must iterate it, in the same order:
+    - FSDP shards are gathered one tensor at a time (`full_tensor`, a collective);
+    - LoRA adapters are added to their base weights out of place, in float32. Merging into the module
+      and unmerging again would round the frozen base in bfloat16 a little at every push, and the
+      base is the KL reference."""
+    deltas = _lora_deltas(model)
+    for name, tensor in model.state_dict().items():
+        if hasattr(tensor, "full_tensor"):
+            tensor = tensor.full_tensor()
+        if deltas is not None:
+            if "lora_" in name or ".original_module." in name:
+                continue  # the adapters are folded into the base weights below
+            if name in deltas:
+                tensor = (tensor.float() + deltas[name]).to(tensor.dtype)
+            name = (name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+                    .replace(".modules_to_save.default.", "."))
+        yield name, tensor.detach()
+
+
+def _lora_deltas(model) -> dict[str, torch.Tensor] | None:
+    """{state-dict name of a base weight: its active adapters' delta (float32)}; None for a model without peft."""
+    if not hasattr(model, "peft_config"):
+        return None
+    from peft.tuners.lora import LoraLayer
+
+    deltas = {}
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if not isinstance(module, LoraLayer) or module.merged or module.disable_adapters:
+                continue
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A or adapter in getattr(module, "lora_embedding_A", {}):
+                    key = f"{name}.base_layer.weight"
+                    delta = module.get_delta_weight(adapter).float()
+                    deltas[key] = deltas[key] + delta if key in deltas else delta
+    return deltas
 
 
 def _sampled_logprobs(token_ids: list[int], logprobs) -> list[float]:
@@ -90,8 +111,13 @@ class VLLMSampler:
 
         v, c = self.config.vllm, self.config
         kwargs = {"max_model_len": v.max_model_len} if v.max_model_len else {}
-        if self.world.size > 1:  # one engine per training process, inside it, on the launcher's environment
-            kwargs["distributed_executor_backend"] = "external_launcher"
+        # The engine runs inside this process (also with one process: otherwise vLLM runs it in a
+        # subprocess, and pushing weights would mean pickling the model across). It joins the
+        # launcher's environment; a process started without one gets a world of one.
+        for key, value in (("RANK", self.world.rank), ("LOCAL_RANK", self.world.state.local_process_index),
+                           ("WORLD_SIZE", self.world.size), ("MASTER_ADDR", "127.0.0.1"),
+                           ("MASTER_PORT", _free_port())):
+            os.environ.setdefault(key, str(value))
         self.llm = vllm.LLM(
             model=model_path, tokenizer=model_path,
             dtype="auto" if c.model.dtype == "float32" else c.model.dtype,
@@ -99,10 +125,23 @@ class VLLMSampler:
             seed=seed + self.world.rank,  # each process draws its own samples
             enable_prefix_caching=True,  # a group's G completions share the prompt's cache
             logprobs_mode="processed_logprobs",  # after temperature: the distribution tokens are drawn from
+            distributed_executor_backend="external_launcher",
             **kwargs)
         self.SamplingParams = vllm.SamplingParams
-        if v.enable_sleep_mode:
+        self.asleep = False
+        self._sleep()
+
+    def _sleep(self) -> None:
+        """With vllm.enable_sleep_mode: give the GPU memory back to the trainer (weights to the CPU,
+        KV cache dropped) until vLLM is needed again."""
+        if self.config.vllm.enable_sleep_mode and not self.asleep:
             self.llm.sleep(level=1)
+            self.asleep = True
+
+    def _wake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()  # weights and KV cache
+            self.asleep = False
 
     def _connect(self, v) -> None:
         try:
@@ -118,15 +157,17 @@ class VLLMSampler:
         """Push the policy's weights into vLLM; every process calls it (a collective under FSDP)."""
         started = time.perf_counter()
         if self.mode == "colocate":
-            if self.config.vllm.enable_sleep_mode:
-                self.llm.wake_up(tags=["weights"])
+            self._wake()  # stays awake: sampling follows
             self._colocated_model_call(lambda m: m.load_weights(inference_weights(model)))
             self.llm.reset_prefix_cache()  # cached prompts were computed with the old weights
         else:
             weights = inference_weights(model)  # iterated on every process: gathering is a collective
             if self.world.is_main:
-                for name, tensor in weights:
-                    self.client.update_named_param(name, tensor)
+                # one update for all tensors where the client groups them (TRL >= 1.x), else one per tensor
+                batch = getattr(self.client, "weight_update", contextlib.nullcontext)
+                with batch():
+                    for name, tensor in weights:
+                        self.client.update_named_param(name, tensor)
                 self.client.reset_prefix_cache()
             else:
                 for _ in weights:
@@ -183,12 +224,10 @@ class VLLMSampler:
     def _generate_colocated(self, token_lists, group_size, max_new_tokens, temperature, stop_ids, eos_id):
         params = self.SamplingParams(n=group_size, temperature=temperature, top_p=1.0, max_tokens=max_new_tokens,
                                      stop_token_ids=stop_ids, logprobs=0, detokenize=False)
-        if self.config.vllm.enable_sleep_mode:
-            self.llm.wake_up(tags=["kv_cache"])
+        self._wake()  # also after a sleep between two samplings with no update (dynamic sampling's rounds)
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in token_lists], sampling_params=params,
                                     use_tqdm=False)
-        if self.config.vllm.enable_sleep_mode:
-            self.llm.sleep(level=1)  # level 1 keeps the weights on the CPU: the next sync overwrites them anyway
+        self._sleep()
         completions = []
         for request in outputs:  # in the order of the prompts
             for output in request.outputs:
@@ -222,3 +261,9 @@ def _with_stop_token(ids: list[int], logprobs: list[float], finish_reason, stop_
     if finish_reason == "stop" and stop_reason is None and eos_id is not None and (not ids or ids[-1] not in stop_ids):
         return ids + [eos_id], logprobs + [math.nan]  # ended by EOS, which was left out
     return ids, logprobs
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -22,11 +22,12 @@ sys.path.insert(0, str(SCRIPT.parent))
 from shared_update import UPDATE_OVERRIDES, fixed_rollout  # noqa: E402
 
 
-def _torchrun(*args, timeout=300):
+def _torchrun(*args, timeout=300, path=()):
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                            str(SCRIPT), *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": str(HERE.parent), "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, path), str(HERE.parent)]),
+                               "OMP_NUM_THREADS": "1"})
     return done, time.perf_counter() - started
 
 
@@ -139,7 +140,8 @@ def _accelerate_launch(config_file: str, *args, timeout=300):
 def test_fsdp_through_the_accelerate_config_trains_saves_and_resumes(tiny_home, tmp_path):
     """configs/accelerate/fsdp.yaml: weights, gradients and AdamW state sharded over two processes;
     sampling and evaluation on gathered weights; checkpoints hold the whole model and optimiser."""
-    overrides = _overrides(tiny_home, tmp_path, "train.steps=2")
+    # micro-batches of 2 rows: some hold no repeated prompt, yet every process must make the same model calls
+    overrides = _overrides(tiny_home, tmp_path, "train.steps=2", "optim.micro_batch_size=2")
     done = _accelerate_launch("fsdp.yaml", "train", *overrides)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -165,6 +167,7 @@ def test_fsdp_through_the_accelerate_config_trains_saves_and_resumes(tiny_home, 
     ({"ACCELERATE_USE_DEEPSPEED": "true"}, [], "DeepSpeed config: grpokit does not run under DeepSpeed"),
     ({"ACCELERATE_USE_FSDP": "true"}, ["train.method=ppo"], "supports train.method grpo or rloo; 'ppo'"),
     ({}, ["train.fsdp=true", "lora.enabled=true"], "FSDP with lora.enabled is not supported"),
+    ({}, ["train.fsdp=true", "sampling.dynamic=true"], "FSDP with sampling.dynamic is not supported"),
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, [], "set fsdp_version: 2"),
     ({"ACCELERATE_USE_FSDP": "true", "FSDP_ACTIVATION_CHECKPOINTING": "true"}, [], "Set it to false"),
 ])
@@ -183,3 +186,16 @@ def test_no_sharding_asked_means_nothing_refused(monkeypatch):
 
     monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
     check_launch(load_config(None, ["train.method=ppo", "lora.enabled=true"]))
+
+
+def test_fsdp_with_vllm_pushes_whole_weights_every_step(tiny_home, tmp_path):
+    """Each process's (stand-in) vLLM gets the gathered policy before each sampling: its log-probs
+    then match the trainer's at every step, which stale or half (sharded) weights would not."""
+    out = tmp_path / "run"
+    done, _ = _torchrun("train", *_overrides(tiny_home, out, "train.fsdp=true", "sampling.engine=vllm",
+                                             "train.steps=3", "optim.lr=3e-3", "warmup.steps=0"),
+                        path=[HERE / "fixtures" / "fake_vllm"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r.get("phase") == "train"]
+    assert len(steps) == 3 and all(r["sampler_logprob_gap"] < 1e-4 for r in steps)

@@ -154,6 +154,52 @@ def test_a_lower_precision_sampler_is_corrected_by_capped_weights(tiny_home, tmp
     assert all(r["is_over_cap_fraction"] > 0 for r in steps)  # the largest ratios were truncated
 
 
+def test_sleep_mode_wakes_vllm_for_every_sampling_also_without_an_update(tiny_home, tmp_path, fake_vllm):
+    """Dynamic sampling's extra rounds sample again with no update (no push) in between: vLLM,
+    put to sleep after each generation, must be woken for them too (the stand-in refuses otherwise)."""
+    train(_train_config(tiny_home, tmp_path, "train.steps=2", "vllm.enable_sleep_mode=true",
+                        "sampling.dynamic=true", "sampling.max_rounds=3"))
+    kinds = [c[0] for c in fake_vllm.CALLS]
+    assert kinds.count("generate") > 2  # some step sampled more than once
+    assert kinds.count("sleep") == kinds.count("generate") + 1  # asleep from the start and after each sampling
+
+
+def test_a_stop_token_vllm_names_in_stop_reason_is_put_back_by_hand():
+    from grpokit.vllm_engine import _with_stop_token
+
+    # ended by a stop id that is not EOS (e.g. a chat end-of-turn), which this engine left out
+    ids, logprobs = _with_stop_token([5, 6], [-1.0, -2.0], "stop", 9, [2, 9], eos_id=2)
+    assert ids == [5, 6, 9] and logprobs[:2] == [-1.0, -2.0] and math.isnan(logprobs[2])
+    # already there, or cut by length: unchanged
+    assert _with_stop_token([5, 9], [-1.0, -2.0], "stop", 9, [2, 9], eos_id=2) == ([5, 9], [-1.0, -2.0])
+    assert _with_stop_token([5, 6], [-1.0, -2.0], "length", None, [2, 9], eos_id=2) == ([5, 6], [-1.0, -2.0])
+    # ended by EOS (stop_reason None) without it in token_ids
+    assert _with_stop_token([5], [-1.0], "stop", None, [2, 9], eos_id=2)[0] == [5, 2]
+
+
+def test_pushing_lora_weights_leaves_a_bfloat16_base_exactly_as_it_was(tiny_model_and_tokenizer):
+    """Merging adapters into bfloat16 weights and unmerging them again does not round back: the
+    push adds them out of place, so the frozen base (the KL reference) never moves."""
+    pytest.importorskip("peft")
+    from grpokit.modeling import apply_lora
+    from grpokit.vllm_engine import inference_weights
+
+    base, _ = tiny_model_and_tokenizer
+    policy = apply_lora(copy.deepcopy(base).to(torch.bfloat16), LoRAConfig(r=4))
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    for _ in range(5):
+        pushed = dict(inference_weights(policy))
+    for name, value in policy.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    merged = copy.deepcopy(policy).merge_and_unload().state_dict()
+    for name in merged:  # bfloat16 rounding of the sum: one unit in the last place
+        torch.testing.assert_close(pushed[name].float(), merged[name].float(), atol=2e-2, rtol=1e-2, msg=name)
+
+
 def test_without_vllm_installed_the_error_says_how_to_get_it(tiny_home, monkeypatch):
     from grpokit.errors import GrpokitError
 
