@@ -167,7 +167,7 @@ def find_resumable(root: Path) -> Path | None:
 
 def load_checkpoint(path: Path, model, optimizer) -> dict:
     """Restore optimizer and RNG states from `path` and return state.json (the model is loaded by the caller)."""
-    load_optimizer_state(model, optimizer, torch.load(path / "optimizer.pt", weights_only=True), str(path))
+    load_optimizer_state(model, optimizer, lambda: torch.load(path / "optimizer.pt", weights_only=True), str(path))
     state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     set_rng_state(state["rng"], torch.load(path / "rng.pt", weights_only=True))
     return state

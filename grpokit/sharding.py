@@ -175,18 +175,27 @@ def optimizer_state(model, optimizer) -> dict:
                                                                                cpu_offload=True))
 
 
-def load_optimizer_state(model, optimizer, state: dict, source: str) -> None:
-    by_name = bool(state.get("state")) and isinstance(next(iter(state["state"])), str)
-    if by_name != is_sharded(model) and state.get("state"):
-        saved, now = ("a sharded (FSDP)", "without FSDP") if by_name else ("an unsharded", "with FSDP")
-        raise GrpokitError(f"{source} was written by {saved} run; this run is {now}. Resume with the same "
-                           "launch settings as the run that wrote it.")
-    if not is_sharded(model):
+def load_optimizer_state(model, optimizer, read, source: str) -> None:
+    """Load what `optimizer_state` saved; `read()` returns it. Sharded: only the main process reads the
+    file, and each process receives its shards from it (the whole AdamW state in every process's
+    memory at once would be twice the model's size per process)."""
+    from torch.distributed import get_rank
+
+    sharded = is_sharded(model)
+    state = read() if not sharded or get_rank() == 0 else {}
+    if not sharded or get_rank() == 0:
+        by_name = bool(state.get("state")) and isinstance(next(iter(state["state"])), str)
+        if by_name != sharded and state.get("state"):
+            saved, now = ("a sharded (FSDP)", "without FSDP") if by_name else ("an unsharded", "with FSDP")
+            raise GrpokitError(f"{source} was written by {saved} run; this run is {now}. Resume with the same "
+                               "launch settings as the run that wrote it.")
+    if not sharded:
         optimizer.load_state_dict(state)
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    set_optimizer_state_dict(model, optimizer, state,
+                             options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
 def save_model(model, path, *, is_main: bool) -> None:

@@ -61,7 +61,7 @@ def _overrides(tiny_home, out, *extra):
 
 
 def test_a_two_process_run_writes_one_set_of_files_with_every_group(tiny_home, tmp_path):
-    done, _ = _torchrun("train", *_overrides(tiny_home, tmp_path))
+    done = _accelerate_launch("multi_process.yaml", "train", *_overrides(tiny_home, tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r.get("phase") == "train"] == [1, 2]  # logged once, by the main process
@@ -186,6 +186,12 @@ def test_no_sharding_asked_means_nothing_refused(monkeypatch):
 
     monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
     check_launch(load_config(None, ["train.method=ppo", "lora.enabled=true"]))
+
+
+def test_fsdp_optimizer_state_saved_whole_loads_back_into_shards_exactly(tiny_home, tmp_path):
+    done, _ = _torchrun("roundtrip", tiny_home["model"], tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.stdout.count("state diff 0.0 param diff 0.0") == 2
 
 
 def test_fsdp_with_vllm_pushes_whole_weights_every_step(tiny_home, tmp_path):
