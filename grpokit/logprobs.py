@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from grpokit.sharding import is_sharded
+from grpokit.sharding import in_lockstep
 
 
 def position_ids_from_mask(attention_mask_BT: torch.Tensor) -> torch.Tensor:
@@ -62,9 +62,9 @@ def token_logprobs(model, batch, temperature: float, share_prompts: bool = True)
     if share_prompts and batch.completion_ids_BC.shape[1] > 0 and _can_share_prompts(model):
         key_BK = torch.cat([batch.prompt_ids_BP, batch.prompt_mask_BP], dim=1)
         unique_UK, row_to_prompt_B = torch.unique(key_BK, dim=0, return_inverse=True)
-        # Under FSDP every process must make the same model calls, whatever its rows: the shared path
-        # (two forwards) is taken there even when no prompt repeats (it is exact either way).
-        if len(unique_UK) < len(key_BK) or is_sharded(model):
+        # Under FSDP or DeepSpeed every process must make the same model calls, whatever its rows: the
+        # shared path (two forwards) is taken there even when no prompt repeats (it is exact either way).
+        if len(unique_UK) < len(key_BK) or in_lockstep(model):
             return _shared_prompt_logprobs(model, unique_UK[:, :prompt_len], unique_UK[:, prompt_len:],
                                            row_to_prompt_B, batch, temperature)
     return completion_logprobs(model, batch.input_ids(), batch.attention_mask(), prompt_len, temperature)

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from grpokit import zero
 from grpokit.config import OptimConfig
 from grpokit.distributed import world
 from grpokit.sharding import is_sharded, sum_sharded_gradients
@@ -44,6 +45,11 @@ def optimizer_step(model, optimizer, scheduler, max_grad_norm: float, loss_is_fi
     A non-finite loss or gradient norm skips the step entirely: parameters, optimizer state and
     schedule stay exactly as they were (a NaN must never reach Adam's moment estimates).
     """
+    if zero.engine_of(model) is not None:  # DeepSpeed clips, skips non-finite steps and clears the gradients
+        grad_norm, stepped = zero.step(model)
+        if stepped and scheduler is not None:
+            scheduler.step()
+        return grad_norm, stepped
     w = world()
     if is_sharded(model):  # FSDP reduce-scattered the gradients (averaged): each process holds its shard's
         sum_sharded_gradients(model, w.size)

@@ -139,13 +139,14 @@ def sample(
     was_training = model.training
     model.eval()
     try:
-        with full_weights(model):  # a sharded (FSDP) model decodes on gathered weights: no collectives per token
-            if engine in ("grpokit", "vllm") and supports_cached_decoding(model):
+        # a sharded model decodes on gathered weights: no collectives per token
+        with full_weights(model) as whole:
+            if engine in ("grpokit", "vllm") and supports_cached_decoding(whole):
                 completion_ids_BC, logprobs_BC = decode(
-                    model, prompt_ids_NP, prompt_mask_NP, group_size=group_size, max_new_tokens=max_new_tokens,
+                    whole, prompt_ids_NP, prompt_mask_NP, group_size=group_size, max_new_tokens=max_new_tokens,
                     temperature=temperature, stop_ids=stop_ids, pad_id=pad_id(tokenizer))
             else:
-                completion_ids_BC, logprobs_BC = _generate(model, tokenizer, prompt_ids_BP, prompt_mask_BP,
+                completion_ids_BC, logprobs_BC = _generate(whole, tokenizer, prompt_ids_BP, prompt_mask_BP,
                                                            max_new_tokens, temperature, stop_ids)
     finally:
         model.train(was_training)

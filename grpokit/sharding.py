@@ -1,5 +1,8 @@
-"""Fully sharded data parallel (PyTorch FSDP2, `fully_shard`): each process holds 1/N of the
-weights, gradients and AdamW state, for models whose full training state does not fit one device.
+"""Models split across processes, for training state that does not fit one device: PyTorch FSDP2
+(`fully_shard`, here) and DeepSpeed ZeRO (`grpokit.zero`). This module is what the rest of grpokit
+calls; it dispatches to whichever holds the model (`in_lockstep`, `backward`, `full_weights`, saving).
+
+FSDP: each process holds 1/N of the weights, gradients and AdamW state.
 
 It is switched on by `accelerate launch --config_file configs/accelerate/fsdp.yaml` (accelerate's
 FSDP plugin is read from the environment it sets) or by `train.fsdp: true` under `torchrun`.
@@ -37,31 +40,27 @@ def fsdp_from_launcher() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
-def deepspeed_from_launcher() -> bool:
-    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
-
-
 def check_launch(config) -> None:
     """Refuse launch settings grpokit cannot honour, before any model is loaded."""
-    if deepspeed_from_launcher():
-        raise GrpokitError(
-            "accelerate launch was given a DeepSpeed config: grpokit does not run under DeepSpeed's engine (its "
-            "update calls the model several times per micro-batch: shared prompt forward, reference, sampling). "
-            "Use configs/accelerate/fsdp.yaml instead: FSDP with resharding after forward shards weights, "
-            "gradients and optimiser state like ZeRO-3; configs/accelerate/fsdp_grad_op.yaml is like ZeRO-2.")
-    if not (config.train.fsdp or fsdp_from_launcher()):
+    from grpokit import zero
+
+    deepspeed = zero.stage_from_launcher() is not None
+    if deepspeed:
+        zero.check_launch()
+    if not (config.train.fsdp or fsdp_from_launcher() or deepspeed):
         return
+    name = "DeepSpeed ZeRO" if deepspeed else "FSDP"
     if config.train.method not in FSDP_METHODS:
-        raise GrpokitError(f"FSDP (train.fsdp or an accelerate FSDP config) supports train.method "
+        raise GrpokitError(f"{name} (train.fsdp or an accelerate FSDP or DeepSpeed config) supports train.method "
                            f"{' or '.join(FSDP_METHODS)}; {config.train.method!r} runs a different number of model "
                            "calls on each process. Run it with plain data parallel (torchrun or "
                            "configs/accelerate/multi_process.yaml).")
     if config.sampling.dynamic:
-        raise GrpokitError("FSDP with sampling.dynamic is not supported: each process may keep a different number "
+        raise GrpokitError(f"{name} with sampling.dynamic is not supported: each process may keep a different number "
                            "of groups, and under FSDP every process must make the same model calls. Run dynamic "
                            "sampling with plain data parallel, or switch it off.")
     if config.lora.enabled:
-        raise GrpokitError("FSDP with lora.enabled is not supported: LoRA already keeps the trained state small. "
+        raise GrpokitError(f"{name} with lora.enabled is not supported: LoRA already keeps the trained state small. "
                            "Run LoRA with plain data parallel (torchrun or configs/accelerate/multi_process.yaml).")
     if os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "false").lower() == "true":
         raise GrpokitError("the accelerate config sets fsdp_activation_checkpointing: grpokit's shared prompt "
@@ -111,9 +110,28 @@ def shard_model(model, world_size: int):
 
 
 def is_sharded(model) -> bool:
+    """Sharded by FSDP (its parameters are DTensors)."""
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(model, FSDPModule)
+
+
+def in_lockstep(model) -> bool:
+    """FSDP or a DeepSpeed engine: every process must make the same forward and backward calls."""
+    from grpokit import zero
+
+    return is_sharded(model) or zero.engine_of(model) is not None
+
+
+def backward(model, loss, *, last: bool) -> None:
+    """loss.backward(), through DeepSpeed's engine where it holds the model (`last`: the optimiser
+    step's last micro-batch, where gradients are reduced)."""
+    from grpokit import zero
+
+    if zero.engine_of(model) is not None:
+        zero.backward(model, loss, last=last)
+    else:
+        loss.backward()
 
 
 def _units(model) -> list:
@@ -124,20 +142,35 @@ def _units(model) -> list:
 
 @contextlib.contextmanager
 def full_weights(model):
-    """Inside: every process holds the whole model and forwards make no collectives (sampling,
-    evaluation). Entering and leaving are collectives. Re-entrant; a no-op for unsharded models."""
-    if not is_sharded(model) or getattr(model, "_grpokit_gathered", False):
-        yield
+    """Yields a model holding the whole weights whose forwards make no collectives, for sampling and
+    evaluation; entering and leaving are collectives. FSDP: the model itself, unsharded. DeepSpeed
+    ZeRO-3: a plain copy that shares the gathered tensors (its engine's forward hooks would still
+    synchronise processes). Re-entrant; a no-op for unsharded models."""
+    from grpokit import zero
+
+    if "_grpokit_gathered" in model.__dict__:  # inside already
+        yield model.__dict__["_grpokit_gathered"]
+        return
+    if not (is_sharded(model) or zero.is_zero3(model)):
+        yield model
+        return
+    if zero.is_zero3(model):
+        with zero.gathered(model):
+            model.__dict__["_grpokit_gathered"] = plain = zero.plain_copy(model)
+            try:
+                yield plain
+            finally:
+                del model.__dict__["_grpokit_gathered"]
         return
     units = _units(model)
     for unit in units:
         unit.set_reshard_after_forward(False, recurse=False)
         unit.unshard()
-    model._grpokit_gathered = True
+    model.__dict__["_grpokit_gathered"] = model
     try:
-        yield
+        yield model
     finally:
-        model._grpokit_gathered = False
+        del model.__dict__["_grpokit_gathered"]
         for unit in units:
             unit.reshard()
             unit.set_reshard_after_forward(model._grpokit_reshard_after_forward, recurse=False)
@@ -152,11 +185,20 @@ def sum_sharded_gradients(model, world_size: int) -> None:
 
 def local_numel(p: torch.Tensor) -> int:
     """Elements this process stores: a shard for FSDP parameters, the whole tensor otherwise."""
-    return p.to_local().numel() if hasattr(p, "to_local") else p.numel()
+    if hasattr(p, "to_local"):  # FSDP
+        return p.to_local().numel()
+    if getattr(p, "ds_tensor", None) is not None:  # DeepSpeed ZeRO-3
+        return p.ds_tensor.numel()
+    return p.numel()
 
 
 def full_model_state(model) -> dict | None:
-    """The full state dict on the CPU of the main process (None elsewhere); a collective when sharded."""
+    """The full state dict on the CPU of the main process (None elsewhere); a collective when sharded.
+    None where every process holds whole weights (`model.state_dict()` then is the full one)."""
+    from grpokit import zero
+
+    if zero.is_zero3(model):
+        return zero.full_state(model)
     if not is_sharded(model):
         return None
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -166,7 +208,12 @@ def full_model_state(model) -> dict | None:
 
 def optimizer_state(model, optimizer) -> dict:
     """What checkpoints store of the optimiser: its state dict, gathered whole when the model is sharded
-    (keyed by parameter name then, so it loads back into any number of processes)."""
+    (keyed by parameter name then, so it loads back into any number of processes). Under DeepSpeed the
+    optimiser state is DeepSpeed's own checkpoint (`zero.save_state`), not this."""
+    from grpokit import zero
+
+    if zero.engine_of(model) is not None:
+        return {}
     if not is_sharded(model):
         return optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
@@ -181,6 +228,10 @@ def load_optimizer_state(model, optimizer, read, source: str) -> None:
     memory at once would be twice the model's size per process)."""
     from torch.distributed import get_rank
 
+    from grpokit import zero
+
+    if zero.engine_of(model) is not None:
+        return  # loaded from DeepSpeed's own checkpoint (`zero.load_state`)
     sharded = is_sharded(model)
     state = read() if not sharded or get_rank() == 0 else {}
     if not sharded or get_rank() == 0:

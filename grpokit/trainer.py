@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from grpokit import zero
 from grpokit.advantages import zero_variance_groups
 from grpokit.batching import batch_indices
 from grpokit.checkpoint import find_resumable, load_checkpoint, save_checkpoint
@@ -191,6 +193,16 @@ class Trainer:
     def fsdp(self) -> bool:
         return (self.config.train.fsdp or fsdp_from_launcher()) and self.world.size > 1
 
+    @property
+    def zero_stage(self) -> int | None:
+        """The DeepSpeed ZeRO stage `accelerate launch` asked for (several processes only)."""
+        return zero.stage_from_launcher() if self.world.size > 1 else None
+
+    @property
+    def lockstep(self) -> bool:
+        """Every process must make the same model calls (sharded weights or DeepSpeed's engine)."""
+        return self.fsdp or self.zero_stage is not None
+
     def _load_policy(self):
         c = self.config
         check_launch(c)
@@ -209,16 +221,17 @@ class Trainer:
     def evaluate(self, step: int, label: str) -> dict | None:
         if not self.inputs.eval:
             return None
-        if self.fsdp:  # the main process evaluates on gathered weights; the others wait for it
-            with full_weights(self.model):
-                result = self._evaluate(step, label) if self.world.is_main else None
+        if self.lockstep:  # the main process evaluates on gathered weights; the others wait for it
+            with full_weights(self.model) as whole:
+                result = self._evaluate(step, label, whole) if self.world.is_main else None
                 self.world.barrier()
             return result
         return self._evaluate(step, label) if self.world.is_main else None  # the others go on
 
-    def _evaluate(self, step: int, label: str) -> dict:
+    def _evaluate(self, step: int, label: str, model=None) -> dict:
         c = self.config
-        result = evaluate(self.model, self.tokenizer, self.eval_prompts, [ex.answer for ex in self.inputs.eval],
+        model = model if model is not None else self.model  # under ZeRO-3: a plain copy on the gathered weights
+        result = evaluate(model, self.tokenizer, self.eval_prompts, [ex.answer for ex in self.inputs.eval],
                           self.inputs.components, max_new_tokens=c.eval.max_new_tokens or c.sampling.max_new_tokens,
                           batch_size=c.eval.batch_size, engine=c.sampling.engine)
         self.run.log_metrics({"step": step, "phase": label, "eval_accuracy": result["accuracy"],
@@ -271,6 +284,8 @@ class Trainer:
             if self.fsdp:  # sharded too: the training passes call it the same number of times on every process
                 ref_model = shard_model(ref_model, self.world.size)
         optimizer = build_optimizer(self.model, c.optim)
+        if self.zero_stage is not None:  # DeepSpeed takes the model and AdamW from here on (the warm-up ran without)
+            zero.attach(self.model, optimizer, max_grad_norm=c.optim.max_grad_norm, world_size=self.world.size)
         scheduler = build_scheduler(optimizer, c.train.steps * self.method.optimizer_steps_per_step(),
                                     warmup_steps=c.optim.warmup_steps, schedule=c.optim.schedule)
         rows_per_step = c.sampling.prompts_per_step if self.method.online else c.offline.batch_size
@@ -279,6 +294,8 @@ class Trainer:
         first_step = 1
         if self.resume_from is not None:
             self.method.load_extra(self.resume_from)
+            if self.zero_stage is not None:
+                zero.load_state(self.model, self.resume_from / "deepspeed")
             state = load_checkpoint(self.resume_from, self.model, optimizer)  # restores RNGs last, after model loading
             scheduler.load_state_dict(state["scheduler"])
             first_step, self.train_seconds = state["step"] + 1, state["train_seconds"]
@@ -310,7 +327,9 @@ class Trainer:
         if self.world.size == 1:
             return
         self.summary["processes"], self.summary["fsdp"] = self.world.size, self.fsdp
-        if self.fsdp:  # sharded: each process holds different weights by design
+        if self.zero_stage is not None:
+            self.summary["zero_stage"] = self.zero_stage
+        if self.fsdp or self.zero_stage == 3:  # sharded: each process holds different weights by design
             return
         checksum = sum(p.detach().double().abs().sum().item() for p in self.model.parameters() if p.requires_grad)
         sums = self.world.gather(checksum)
@@ -326,6 +345,8 @@ class Trainer:
         optimizer_bytes = sum(local_numel(t) * t.element_size() for s in optimizer.state.values()
                               for t in s.values() if torch.is_tensor(t))
         gradients = sum(local_numel(p) * p.element_size() for p in self.model.parameters() if p.requires_grad)
+        if self.zero_stage == 2:  # gradients are reduced into each process's partition; weights stay whole
+            gradients //= self.world.size
         return (parameter_bytes(self.model) + gradients + optimizer_bytes
                 + (parameter_bytes(ref_model) if ref_model is not None else 0) + self.method.extra_state_bytes())
 
@@ -514,6 +535,19 @@ class Trainer:
         shards first: a collective); the others wait for it."""
         model_state = full_model_state(self.model)
         optimizer_state_ = optimizer_state(self.model, optimizer)
+        save_extra = self.method.save_extra
+        if self.zero_stage is not None:  # every process writes its part of DeepSpeed's state; moved in below
+            staging = self.run.path / "checkpoints" / f".deepspeed_step_{step}"
+            if self.world.is_main:
+                shutil.rmtree(staging, ignore_errors=True)
+            self.world.barrier()
+            zero.save_state(self.model, staging)
+            self.world.barrier()
+
+            def save_extra(folder: Path, method_extra=self.method.save_extra) -> None:
+                if method_extra is not None:
+                    method_extra(folder)
+                shutil.move(str(staging), str(folder / "deepspeed"))
         if not self.world.is_main:
             self.world.barrier()
             return None
@@ -527,7 +561,7 @@ class Trainer:
         }
         path = save_checkpoint(self.run.path / "checkpoints", step, model=self.model, tokenizer=self.tokenizer,
                                optimizer_state=optimizer_state_, state=state, keep=self.config.train.keep_checkpoints,
-                               save_extra=self.method.save_extra, model_state=model_state)
+                               save_extra=save_extra, model_state=model_state)
         self.world.barrier()
         return path
 

@@ -31,6 +31,7 @@ import torch
 from grpokit.batching import encode_prompts, pad_id
 from grpokit.errors import GrpokitError
 from grpokit.sampler import Rollout, finish_rollout
+from grpokit.sharding import full_weights
 
 
 def inference_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
@@ -40,6 +41,12 @@ def inference_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
     - LoRA adapters are added to their base weights out of place, in float32. Merging into the module
       and unmerging again would round the frozen base in bfloat16 a little at every push, and the
       base is the KL reference."""
+    from grpokit import zero
+
+    if zero.is_zero3(model):  # DeepSpeed ZeRO-3: gathered whole for the push
+        with full_weights(model) as whole:
+            yield from inference_weights(whole)
+        return
     deltas = _lora_deltas(model)
     for name, tensor in model.state_dict().items():
         if hasattr(tensor, "full_tensor"):

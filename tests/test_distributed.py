@@ -31,18 +31,24 @@ def _torchrun(*args, timeout=300, path=()):
     return done, time.perf_counter() - started
 
 
-@pytest.mark.parametrize("mode", ["update", "update_fsdp"])
-def test_two_processes_make_the_update_of_one_process_with_accumulation(tiny_home, tmp_path, mode):
-    """Plain data parallel, and FSDP (weights, gradients and the reference sharded; clipping on)."""
+# Unclipped, a wrong gradient scale shows (FSDP and DeepSpeed average over processes; the losses want
+# the sum); clipped at 0.2 (the norm is ~0.49), a norm taken over one process's shard shows.
+@pytest.mark.parametrize("mode, max_grad_norm", [
+    ("update", "0"), ("update_fsdp", "0"), ("update_fsdp", "0.2"), ("update_zero2", "0"), ("update_zero2", "0.2"),
+    ("update_zero3", "0"), ("update_zero3", "0.2")])
+def test_two_processes_make_the_update_of_one_process_with_accumulation(tiny_home, tmp_path, mode, max_grad_norm):
+    """Plain data parallel; FSDP (weights, gradients and the reference sharded); DeepSpeed ZeRO-2 and ZeRO-3."""
+    if mode.startswith("update_zero"):
+        pytest.importorskip("deepspeed")
     out = tmp_path / "two_processes.safetensors"
-    done, _ = _torchrun(mode, tiny_home["model"], out)
+    done, _ = _torchrun(mode, tiny_home["model"], out, max_grad_norm)
     assert done.returncode == 0, done.stderr[-3000:]
     model = AutoModelForCausalLM.from_pretrained(tiny_home["model"])
     tokenizer = AutoTokenizer.from_pretrained(tiny_home["model"])
     start = {k: v.clone() for k, v in model.state_dict().items()}
     rollout, advantages = fixed_rollout(model, tokenizer)
     # one process, the whole batch, in micro-batches of half of it: gradient accumulation 2
-    extra = ["optim.max_grad_norm=0.2"] if mode == "update_fsdp" else []
+    extra = [f"optim.max_grad_norm={max_grad_norm}"]
     config = load_config(None, UPDATE_OVERRIDES + [f"optim.micro_batch_size={len(rollout.tokens) // 2}"] + extra)
     ref = AutoModelForCausalLM.from_pretrained(tiny_home["model"]).requires_grad_(False)
     grpo_update(model, torch.optim.SGD(model.parameters(), lr=1.0), None, rollout, advantages, config, ref)
@@ -127,13 +133,14 @@ def test_a_batch_that_does_not_split_evenly_is_refused_before_training():
         check_world(config, SimpleNamespace(size=3))
 
 
-def _accelerate_launch(config_file: str, *args, timeout=300):
+def _accelerate_launch(config_file: str, *args, timeout=300, path=()):
     """`accelerate launch` with one of configs/accelerate/, two CPU processes (gloo)."""
     done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                            str(HERE.parent / "configs" / "accelerate" / config_file), "--num_processes", "2",
                            "--main_process_port", "0", str(SCRIPT), *map(str, args)],
                           capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": str(HERE.parent), "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([*map(str, path), str(HERE.parent)]),
+                               "OMP_NUM_THREADS": "1"})
     return done
 
 
@@ -164,7 +171,10 @@ def test_fsdp_through_the_accelerate_config_trains_saves_and_resumes(tiny_home, 
 
 
 @pytest.mark.parametrize("env, overrides, message", [
-    ({"ACCELERATE_USE_DEEPSPEED": "true"}, [], "DeepSpeed config: grpokit does not run under DeepSpeed"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu"}, [],
+     "offload.*is not supported"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": "ds.json"}, [], "JSON file"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, ["lora.enabled=true"], "DeepSpeed ZeRO with lora.enabled"),
     ({"ACCELERATE_USE_FSDP": "true"}, ["train.method=ppo"], "supports train.method grpo or rloo; 'ppo'"),
     ({}, ["train.fsdp=true", "lora.enabled=true"], "FSDP with lora.enabled is not supported"),
     ({}, ["train.fsdp=true", "sampling.dynamic=true"], "FSDP with sampling.dynamic is not supported"),
@@ -188,19 +198,49 @@ def test_no_sharding_asked_means_nothing_refused(monkeypatch):
     check_launch(load_config(None, ["train.method=ppo", "lora.enabled=true"]))
 
 
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_through_the_accelerate_config_trains_saves_and_resumes(tiny_home, tmp_path, stage):
+    """configs/accelerate/deepspeed_zero{2,3}.yaml: the warm-up as plain data parallel, then GRPO under
+    DeepSpeed's engine; checkpoints hold the whole model and DeepSpeed's partitioned state."""
+    pytest.importorskip("deepspeed")
+    overrides = _overrides(tiny_home, tmp_path, "train.steps=2", "optim.micro_batch_size=2")
+    done = _accelerate_launch(f"deepspeed_zero{stage}.yaml", "train", *overrides)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["zero_stage"] == stage and summary["processes"] == 2 and summary["eval_after"]["n"] == 4
+    start = AutoModelForCausalLM.from_pretrained(tiny_home["model"]).state_dict()
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "final").state_dict()
+    assert final.keys() == start.keys() and all(final[k].shape == start[k].shape for k in start)
+    assert max((final[k] - start[k]).abs().max().item() for k in start) > 1e-4
+    saved = tmp_path / "checkpoints" / "step_2" / "deepspeed" / "zero"
+    assert len(list(saved.glob("*optim_states.pt"))) == 2  # one partition of AdamW's state per process
+    params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny_home["model"]).parameters())
+    whole_mb = params * 4 * 5 / 2**20  # weights, gradients, two AdamW moments, reference: one process
+    sharded = {2: 2 + 0.5 * 3, 3: 1 + 0.5 * 4}[stage] / 5  # ZeRO-3 shards the weights too; the reference never
+    assert summary["trained_state_mb"] == pytest.approx(whole_mb * sharded, rel=0.1)
+    done = _accelerate_launch(f"deepspeed_zero{stage}.yaml", "train", *overrides, "train.steps=3",
+                              "train.resume=true")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r.get("phase") == "train"] == [1, 2, 3]
+
+
 def test_fsdp_optimizer_state_saved_whole_loads_back_into_shards_exactly(tiny_home, tmp_path):
     done, _ = _torchrun("roundtrip", tiny_home["model"], tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert done.stdout.count("state diff 0.0 param diff 0.0") == 2
 
 
-def test_fsdp_with_vllm_pushes_whole_weights_every_step(tiny_home, tmp_path):
+@pytest.mark.parametrize("sharding", ["fsdp.yaml", "deepspeed_zero3.yaml"])
+def test_sharded_training_with_vllm_pushes_whole_weights_every_step(tiny_home, tmp_path, sharding):
     """Each process's (stand-in) vLLM gets the gathered policy before each sampling: its log-probs
     then match the trainer's at every step, which stale or half (sharded) weights would not."""
+    if sharding.startswith("deepspeed"):
+        pytest.importorskip("deepspeed")
     out = tmp_path / "run"
-    done, _ = _torchrun("train", *_overrides(tiny_home, out, "train.fsdp=true", "sampling.engine=vllm",
-                                             "train.steps=3", "optim.lr=3e-3", "warmup.steps=0"),
-                        path=[HERE / "fixtures" / "fake_vllm"])
+    done = _accelerate_launch(sharding, "train", *_overrides(tiny_home, out, "sampling.engine=vllm", "train.steps=3",
+                                                             "optim.lr=3e-3", "warmup.steps=0"),
+                              path=[HERE / "fixtures" / "fake_vllm"])
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if r.get("phase") == "train"]

@@ -24,7 +24,7 @@ from grpokit.losses import BatchNorm, grpo_loss, sampler_importance_weights
 from grpokit.methods.base import Method, ScoredGroups
 from grpokit.optim import optimizer_step
 from grpokit.sampler import Rollout
-from grpokit.sharding import is_sharded
+from grpokit.sharding import backward, in_lockstep
 
 
 def compute_advantages(rewards_B: torch.Tensor, group_size: int, cfg, *, baseline: str | None = None,
@@ -52,8 +52,8 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
     # With beta = 0 a completion whose advantage is exactly 0 (every member of an all-equal group)
     # has zero loss and zero gradient: leave it out of the forward and backward passes. The
     # normalisers above still count it, so the update is the same (tested to 1e-6).
-    # Not under FSDP: there every process must run the same number of forward and backward passes.
-    skip_zero = cfg.skip_zero_advantage and cfg.beta == 0.0 and not is_sharded(model)
+    # Not under FSDP or DeepSpeed: there every process must run the same number of forward and backward passes.
+    skip_zero = cfg.skip_zero_advantage and cfg.beta == 0.0 and not in_lockstep(model)
     active = [i for i in range(len(tokens)) if not (skip_zero and advantages_B[i].item() == 0.0)]
     lengths_B = rollout.completion_lengths_B[active] if active else None
     chunks = [[active[j] for j in chunk] for chunk in micro_batches(len(active), config.optim.micro_batch_size,
@@ -89,7 +89,8 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
                 clip_low=cfg.clip_low, clip_high=cfg.clip_high, beta=cfg.beta, ref_logp_BT=ref_logps[i],
                 aggregation=cfg.aggregation, is_weights_BT=is_weights[i],
             )
-            loss.backward()  # the loss is already normalised by the whole batch: no accumulation scaling
+            # the loss is already normalised by the whole batch: no accumulation scaling
+            backward(model, loss, last=i == len(chunks) - 1)
             iteration_loss += loss.item()
             for key in ("clipped_tokens", "kl_sum", "tokens"):
                 totals[key] += metrics[key]
