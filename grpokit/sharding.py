@@ -47,6 +47,8 @@ def check_launch(config) -> None:
     deepspeed = zero.stage_from_launcher() is not None
     if deepspeed:
         zero.check_launch()
+        if config.train.fsdp or fsdp_from_launcher():
+            raise GrpokitError("train.fsdp and a DeepSpeed accelerate config both shard the model: choose one.")
     if not (config.train.fsdp or fsdp_from_launcher() or deepspeed):
         return
     name = "DeepSpeed ZeRO" if deepspeed else "FSDP"

@@ -294,6 +294,12 @@ class Trainer:
         first_step = 1
         if self.resume_from is not None:
             self.method.load_extra(self.resume_from)
+            saved_by_deepspeed = (self.resume_from / "deepspeed").is_dir()
+            if saved_by_deepspeed != (self.zero_stage is not None):
+                raise GrpokitError(
+                    f"{self.resume_from} was written by a run {'with' if saved_by_deepspeed else 'without'} "
+                    f"DeepSpeed; this run is {'without' if saved_by_deepspeed else 'with'} it. Resume with the same "
+                    "launch settings (accelerate config) as the run that wrote it.")
             if self.zero_stage is not None:
                 zero.load_state(self.model, self.resume_from / "deepspeed")
             state = load_checkpoint(self.resume_from, self.model, optimizer)  # restores RNGs last, after model loading
@@ -344,11 +350,13 @@ class Trainer:
         under FSDP, the shards this process holds."""
         optimizer_bytes = sum(local_numel(t) * t.element_size() for s in optimizer.state.values()
                               for t in s.values() if torch.is_tensor(t))
+        reference = parameter_bytes(ref_model) if ref_model is not None else 0
+        if zero.engine_of(self.model) is not None:  # DeepSpeed's own partitions, plus the AdamW moments
+            held = zero.state_bytes(self.model)
+            return held["weights"] + held["masters"] + held["gradients"] + optimizer_bytes + reference
         gradients = sum(local_numel(p) * p.element_size() for p in self.model.parameters() if p.requires_grad)
-        if self.zero_stage == 2:  # gradients are reduced into each process's partition; weights stay whole
-            gradients //= self.world.size
         return (parameter_bytes(self.model) + gradients + optimizer_bytes
-                + (parameter_bytes(ref_model) if ref_model is not None else 0) + self.method.extra_state_bytes())
+                + reference + self.method.extra_state_bytes())
 
     def sample_and_score(self, step: int, rows: list[int], clock: dict) -> tuple[Rollout, Scores]:
         """A group of completions for each of these training rows, scored; adds to clock's times.
@@ -538,8 +546,9 @@ class Trainer:
         save_extra = self.method.save_extra
         if self.zero_stage is not None:  # every process writes its part of DeepSpeed's state; moved in below
             staging = self.run.path / "checkpoints" / f".deepspeed_step_{step}"
-            if self.world.is_main:
-                shutil.rmtree(staging, ignore_errors=True)
+            if self.world.is_main:  # also what a crash between writing and moving left behind
+                for stale in staging.parent.glob(".deepspeed_step_*"):
+                    shutil.rmtree(stale, ignore_errors=True)
             self.world.barrier()
             zero.save_state(self.model, staging)
             self.world.barrier()

@@ -103,6 +103,10 @@ def plain_copy(model):
 
 def backward(model, loss, *, last: bool) -> None:
     engine = engine_of(model)
+    # What `engine.forward` does first, which grpokit's direct model calls skip: without it ZeRO-3
+    # does not count micro-batches, and each one's gradients replace the previous ones'.
+    if hasattr(engine.optimizer, "clear_backward_seen_flag"):
+        engine.optimizer.clear_backward_seen_flag()
     engine.set_gradient_accumulation_boundary(last)  # reduce the gradients once, after the last micro-batch
     engine.backward(loss * model._grpokit_world_size)  # DeepSpeed averages over processes; the losses want a sum
 
@@ -114,6 +118,22 @@ def step(model) -> tuple[float, bool]:
     stepped = not getattr(engine.optimizer, "overflow", False)
     norm = engine.get_global_grad_norm()
     return (float(norm) if norm is not None else float("nan")), stepped
+
+
+def state_bytes(model) -> dict[str, int]:
+    """Bytes DeepSpeed holds for the model in this process, from its live tensors: the weights (under
+    ZeRO-3 the partition plus any weights held whole: small ones stay whole by DeepSpeed's persistence
+    threshold), the float32 master partitions, and gradient partitions of the same size."""
+    engine = engine_of(model)
+    weights = 0
+    for p in model.parameters():
+        partition = getattr(p, "ds_tensor", None)
+        weights += (partition.numel() * partition.element_size() if partition is not None else 0)
+        weights += p.data.numel() * p.data.element_size()
+    masters = (getattr(engine.optimizer, "single_partition_of_fp32_groups", None)  # ZeRO-1/2
+               or getattr(engine.optimizer, "fp32_partitioned_groups_flat", None) or [])  # ZeRO-3
+    master_bytes = sum(t.numel() * t.element_size() for t in masters)
+    return {"weights": weights, "masters": master_bytes, "gradients": master_bytes}
 
 
 def full_state(model) -> dict | None:
