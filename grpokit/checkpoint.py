@@ -85,7 +85,7 @@ def save_checkpoint(root: Path, step: int, *, model, tokenizer, optimizer_state:
     final = root / f"step_{step}"
     tmp = root / f".tmp_step_{step}"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, **({"state_dict": model_state} if model_state is not None else {}))
+    model.save_pretrained(tmp, state_dict=model_state)  # None: the model's own
     tokenizer.save_pretrained(tmp)
     torch.save(optimizer_state, tmp / "optimizer.pt")
     if save_extra is not None:

@@ -32,7 +32,7 @@ import torch
 
 from grpokit.errors import GrpokitError
 
-FSDP_METHODS = ("grpo", "rloo")  # methods whose every process makes the same forward/backward calls
+LOCKSTEP_METHODS = ("grpo", "rloo")  # methods whose every process makes the same forward/backward calls
 
 
 def fsdp_from_launcher() -> bool:
@@ -52,9 +52,9 @@ def check_launch(config) -> None:
     if not (config.train.fsdp or fsdp_from_launcher() or deepspeed):
         return
     name = "DeepSpeed ZeRO" if deepspeed else "FSDP"
-    if config.train.method not in FSDP_METHODS:
+    if config.train.method not in LOCKSTEP_METHODS:
         raise GrpokitError(f"{name} (train.fsdp or an accelerate FSDP or DeepSpeed config) supports train.method "
-                           f"{' or '.join(FSDP_METHODS)}; {config.train.method!r} runs a different number of model "
+                           f"{' or '.join(LOCKSTEP_METHODS)}; {config.train.method!r} runs a different number of model "
                            "calls on each process. Run it with plain data parallel (torchrun or "
                            "configs/accelerate/multi_process.yaml).")
     if config.sampling.dynamic:
@@ -235,8 +235,9 @@ def load_optimizer_state(model, optimizer, read, source: str) -> None:
     if zero.engine_of(model) is not None:
         return  # loaded from DeepSpeed's own checkpoint (`zero.load_state`)
     sharded = is_sharded(model)
-    state = read() if not sharded or get_rank() == 0 else {}
-    if not sharded or get_rank() == 0:
+    reads = not sharded or get_rank() == 0
+    state = read() if reads else {}
+    if reads:
         by_name = bool(state.get("state")) and isinstance(next(iter(state["state"])), str)
         if by_name != sharded and state.get("state"):
             saved, now = ("a sharded (FSDP)", "without FSDP") if by_name else ("an unsharded", "with FSDP")
@@ -255,4 +256,4 @@ def save_model(model, path, *, is_main: bool) -> None:
     """`save_pretrained` of the whole model by the main process; every process must call it."""
     state = full_model_state(model)
     if is_main:
-        model.save_pretrained(path, **({"state_dict": state} if state is not None else {}))
+        model.save_pretrained(path, state_dict=state)  # None: the model's own

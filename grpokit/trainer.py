@@ -554,8 +554,7 @@ class Trainer:
             self.world.barrier()
 
             def save_extra(folder: Path, method_extra=self.method.save_extra) -> None:
-                if method_extra is not None:
-                    method_extra(folder)
+                method_extra(folder)
                 shutil.move(str(staging), str(folder / "deepspeed"))
         if not self.world.is_main:
             self.world.barrier()
@@ -643,6 +642,7 @@ def train(config: Config, out_dir: str | None = None) -> dict:
         torch.set_num_threads(config.train.threads)
     run = RunDir(config.train.out_dir, writer=world().is_main)
     resume_from = find_resumable(run.path / "checkpoints") if config.train.resume else None
+    cut_rows, resumed_at = [], None  # on resume: the metrics rows the trackers already have, and from where
     if resume_from is None:
         if config.train.resume:
             print(f"grpokit: no checkpoint in {run.path / 'checkpoints'}; starting from the beginning.",
@@ -655,7 +655,7 @@ def train(config: Config, out_dir: str | None = None) -> dict:
         trainer = Trainer(config, inputs, run)
     else:
         state = json.loads((resume_from / "state.json").read_text(encoding="utf-8"))
-        cut_rows = run.resume(config, state["log_offsets"])
+        cut_rows, resumed_at = run.resume(config, state["log_offsets"]), state["step"]
         print(f"grpokit: resuming from {resume_from} (step {state['step']}).", file=sys.stderr)
         trainer = Trainer(config, inputs, run, resume_from=resume_from)
         trainer.summary = {**state["summary"], "resumed_at_steps": [*state["summary"].get("resumed_at_steps", []),
@@ -663,8 +663,7 @@ def train(config: Config, out_dir: str | None = None) -> dict:
         trainer.wall_before = state["wall_seconds"]
     trainer.started = started
     if world().is_main:
-        run.trackers = (open_trackers(run.path, config) if resume_from is None else
-                        open_trackers(run.path, config, resumed_at=state["step"], already_logged=cut_rows))
+        run.trackers = open_trackers(run.path, config, resumed_at=resumed_at, already_logged=cut_rows)
     summary = trainer.run_job()
     summary["wall_seconds"] = trainer.wall_seconds()
     run.write_json("summary.json", summary)
