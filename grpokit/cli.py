@@ -169,6 +169,14 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_convert_gguf(args) -> int:
+    from grpokit.gguf import convert_gguf
+
+    out = convert_gguf(args.gguf, args.out, overwrite=args.overwrite)
+    print(f"converted {args.gguf} -> {out} (float32 weights, tokenizer, chat template)")
+    return 0
+
+
 def cmd_build_tiny(args) -> int:
     from grpokit.tiny import ensure_tiny
 
@@ -272,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser("eval", help="held-out accuracy, format rate, pass@k and maj@k of a model")
-    p.add_argument("model", help="model folder (or hub name)")
+    p.add_argument("model", help="model folder, .gguf file (or hub name)")
     p.add_argument("data", help="dataset with prompts and answers")
     p.add_argument("overrides", nargs="*", help=overrides_help + " (e.g. data.dataset_format=gsm8k)")
     p.add_argument("--config", help="YAML config for data, reward and sampling options")
@@ -294,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output JSONL (default INPUT.scored.jsonl)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("convert-gguf", help="convert a .gguf model file into a Hugging Face model folder")
+    p.add_argument("gguf", help="the .gguf file")
+    p.add_argument("out", help="folder to write (model weights as float32 safetensors, tokenizer, chat template)")
+    p.add_argument("--overwrite", action="store_true", help="replace the folder if it exists")
+    p.set_defaults(func=cmd_convert_gguf)
 
     p = sub.add_parser("build-tiny", help="build the tiny model and arithmetic task")
     p.add_argument("--out", default=DEMO_HOME)

@@ -30,7 +30,8 @@ def option(default, help: str):
 
 @dataclass
 class ModelConfig:
-    path: str = option("", "Local Hugging Face model folder, or a hub name where a network exists.")
+    path: str = option("", "Local Hugging Face model folder, a .gguf file (converted once into a cached "
+                                 "folder, see grpokit convert-gguf), or a hub name where a network exists.")
     dtype: str = option("float32", "Compute dtype: float32 or bfloat16 (mixed precision: trained parameters stay "
                                    "float32). float16 only for eval (training would need loss scaling).")
     device: str = option("auto", "auto (cuda if available, else cpu), cpu, or cuda[:N].")

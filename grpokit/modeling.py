@@ -32,7 +32,7 @@ def resolve_device(name: str) -> torch.device:
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    _check_exists(path)
+    path = model_folder(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
@@ -49,8 +49,7 @@ def load_model(cfg: ModelConfig, path: str | None = None, trainable: bool = Fals
     in `cfg.dtype` through `autocast`; a frozen one (eval, reference) is stored in `cfg.dtype`."""
     from transformers import AutoModelForCausalLM
 
-    path = path or cfg.path
-    _check_exists(path)
+    path = model_folder(path or cfg.path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch.float32 if trainable else DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
@@ -121,10 +120,19 @@ def autocast(cfg: ModelConfig, device: torch.device):
     return torch.autocast(device.type, dtype=DTYPES[cfg.dtype])
 
 
+def model_folder(path: str) -> str:
+    """What `from_pretrained` should read for a model path: a folder or hub name as given, or for a
+    .gguf file its converted folder (converted on first use, then cached; see grpokit.gguf)."""
+    from grpokit.gguf import resolve_model_source
+
+    _check_exists(path)
+    return resolve_model_source(path)
+
+
 def _check_exists(path: str) -> None:
     """A path-looking name that does not exist is a typo, not a hub name: say so before the hub is tried."""
     if not path:
-        raise GrpokitError("no model given: set model.path (a local model folder or a hub name).")
+        raise GrpokitError("no model given: set model.path (a local model folder, a .gguf file or a hub name).")
     # Hub names are "name" or "org/name"; anything else (./x, /x, a/b/c) can only be local.
     looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1
     if looks_local and not Path(path).expanduser().exists():

@@ -30,7 +30,15 @@ from grpokit.evaluation import evaluate
 from grpokit.methods import METHODS, ONLINE, PAIR_DATA, Method, ScoredGroups
 from grpokit.methods.sft import sft_step
 from grpokit.methods.verified import check_pass_reward, passed, resolve_pass_reward
-from grpokit.modeling import AdapterDisabledReference, apply_lora, autocast, load_lora, load_model, load_tokenizer
+from grpokit.modeling import (
+    AdapterDisabledReference,
+    apply_lora,
+    autocast,
+    load_lora,
+    load_model,
+    load_tokenizer,
+    model_folder,
+)
 from grpokit.optim import build_optimizer, build_scheduler
 from grpokit.plots import plot_dashboard, plot_training
 from grpokit.rewards import BUILTIN_REWARDS, RewardComponent, build_reward_components, check_error_rate, make_scorer
@@ -271,7 +279,7 @@ class Trainer:
         if c.sampling.engine == "vllm" and self.method.online:
             from grpokit.vllm_engine import VLLMSampler  # vLLM is an optional extra
 
-            self.vllm = VLLMSampler(c, c.model.path, self.world, seed=c.train.seed)
+            self.vllm = VLLMSampler(c, model_folder(c.model.path), self.world, seed=c.train.seed)
         reference_dir = self.run.path / "reference"
         ref_model = None
         if self.method.needs_reference() and c.lora.enabled:
