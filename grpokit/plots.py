@@ -28,10 +28,11 @@ def plot_training(run_dir: str | Path, out_name: str = "training.png") -> Path:
     else:  # offline methods: the loss is what there is to show
         ax_left.plot(x, [r.get("loss") for r in steps], label="loss")
         ax_left.set(xlabel="step", ylabel="loss", title="Loss per step")
-    if steps and "accuracy" in steps[0]:
-        ax_acc.plot(x, [r["accuracy"] for r in steps], label="sampled (train prompts)", alpha=0.6)
-    if steps and "preference_accuracy" in steps[0]:
-        ax_acc.plot(x, [r["preference_accuracy"] for r in steps], label="preference accuracy (train pairs)")
+    # A step can lack a metric (an online_dpo step that found no pair has no preference accuracy): a gap
+    for key, label, alpha in (("accuracy", "sampled (train prompts)", 0.6),
+                              ("preference_accuracy", "preference accuracy (train pairs)", 1.0)):
+        if any(key in r for r in steps):
+            ax_acc.plot(x, [r.get(key, float("nan")) for r in steps], label=label, alpha=alpha)
     if evals:
         ax_acc.plot([r["step"] for r in evals], [r["eval_accuracy"] for r in evals], "o-", label="held-out (greedy)")
     ax_acc.set(xlabel="step", ylabel="accuracy", title="Accuracy", ylim=(0, 1))

@@ -18,3 +18,16 @@ def test_dashboard_of_an_offline_run_with_only_a_loss(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = plot_dashboard(tmp_path)
     assert out == tmp_path / "dashboard.png" and out.stat().st_size > 1000
+
+
+def test_training_plot_of_a_run_where_some_steps_lack_a_metric(tmp_path):
+    """online_dpo logs preference accuracy only on steps that found a pair; the plot leaves a gap there
+    (it raised KeyError at the end of such a run when the first step had a pair and a later one none)."""
+    from grpokit.plots import plot_training
+
+    rows = [{"step": 1, "phase": "train", "reward": 0.5, "accuracy": 0.5, "preference_accuracy": 1.0},
+            {"step": 2, "phase": "train", "reward": 0.4, "accuracy": 0.25},
+            {"step": 3, "phase": "train", "reward": 0.6, "preference_accuracy": 0.5}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = plot_training(tmp_path)
+    assert out.stat().st_size > 1000
