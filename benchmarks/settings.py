@@ -28,9 +28,11 @@ SETTINGS = {
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "grpokit" / "tiny" / "demo.yaml"
 
 
-def grpokit_overrides(model_dir: str, home: Path, steps: int, eval_every: int, seed: int, out_dir: str) -> list[str]:
-    """`grpokit train DEMO_CONFIG <overrides>` runs exactly SETTINGS from `model_dir`."""
-    s = SETTINGS
+def grpokit_overrides(model_dir: str, home: Path, steps: int, eval_every: int, seed: int, out_dir: str,
+                      settings: dict | None = None) -> list[str]:
+    """`grpokit train DEMO_CONFIG <overrides>` runs exactly SETTINGS (or `settings`, a dict with the same
+    keys: benchmarks/real_vs_trl.py) from `model_dir`."""
+    s = settings or SETTINGS
     return [
         f"model.path={model_dir}",
         f"data.train={home / 'data' / 'train.jsonl'}", f"data.eval={home / 'data' / 'eval.jsonl'}",
@@ -48,9 +50,9 @@ def grpokit_overrides(model_dir: str, home: Path, steps: int, eval_every: int, s
     ]
 
 
-def trl_arguments(steps: int, seed: int, out_dir: str) -> dict:
-    """Keyword arguments of trl.GRPOConfig for the same run."""
-    s = SETTINGS
+def trl_arguments(steps: int, seed: int, out_dir: str, settings: dict | None = None) -> dict:
+    """Keyword arguments of trl.GRPOConfig for the same run (SETTINGS, or `settings`)."""
+    s = settings or SETTINGS
     batch = s["prompts_per_step"] * s["group_size"]
     return dict(
         output_dir=out_dir, max_steps=steps, seed=seed, data_seed=seed,
