@@ -14,13 +14,16 @@ attention (`DynamicLayer`) can use it; anything else (sliding windows, linear at
 falls back to `generate` (see `supports_cached_decoding`).
 
 On a real model the model's forward dominates. SmolLM2-135M, 2 prompts x 8 rows, 2 idle CPU cores
-(torch.profiler and timers around the model's modules, 0.139 s per decode step before `_draw`):
+(torch.profiler and timers around the model's modules, 0.139 s per decode step):
 ~55% matrix multiplies (16-row float32 GEMMs run at ~80 GFLOP/s, well under the cores' peak; that is
 inside the BLAS), ~18% the draw (`torch.multinomial`'s one exponential random number per
 vocabulary entry), ~11% attention and ~13% the rest of the forward (norms, rotary, residuals,
 module calls: per-op and Python overhead); building the attention mask is <1%. The draw is the
-part this loop owns, so it samples by inverse CDF (`_draw`): 0.112 s per step, the same
-distribution and log-probs.
+part this loop owns: `torch.multinomial` races one exponential random number per vocabulary entry
+(786k per step here, single-threaded). Inverse-CDF sampling (a float64 cumulative sum, one uniform
+per row) measured 0.112 s per step (1.24x) with the same distribution, but it draws other tokens
+for every seed: the tiny model's seeded test scenarios and the README's demo numbers would all
+move, so it waits for a change that re-measures them.
 """
 
 from __future__ import annotations
@@ -90,23 +93,6 @@ def supports_cached_decoding(model) -> bool:
     return all(type(layer) is DynamicLayer for layer in cache.layers)
 
 
-def _draw(logp_LV: torch.Tensor) -> torch.Tensor:
-    """One token per row, drawn with probability exp(logp) (renormalised): inverse-CDF sampling.
-
-    Why not `torch.multinomial(p, 1)`: for one draw it races exponentials (argmax of p / q, q ~ Exp(1)),
-    i.e. one random number per vocabulary entry. At 16 rows x 49k tokens that is 786k numbers per
-    step from a single-threaded generator: 20-25 ms, about a fifth of a SmolLM2 decode step on 2
-    cores. Inverse CDF needs one uniform per row. The distribution is the same; the tokens a given
-    seed draws are not. The cumulative sum is float64, so its rounding (~1e-16 relative) cannot move
-    probability between tokens measurably, and the search is for the first cumulative sum strictly
-    above u, so a token of probability 0 is never drawn.
-    """
-    cdf_LV = logp_LV.exp().double().cumsum(-1)
-    u_L1 = torch.rand(cdf_LV.shape[0], 1, dtype=cdf_LV.dtype, device=cdf_LV.device) * cdf_LV[:, -1:]
-    # u < total, except when the product rounds up to it (probability ~1e-16): keep the index in range
-    return torch.searchsorted(cdf_LV, u_L1, right=True).squeeze(-1).clamp_(max=cdf_LV.shape[-1] - 1)
-
-
 def decode(model, prompt_ids_NP: torch.Tensor, prompt_mask_NP: torch.Tensor, *, group_size: int,
            max_new_tokens: int, temperature: float, stop_ids: list[int], pad_id: int
            ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,7 +142,7 @@ def _decode(model, prompt_ids_NP: torch.Tensor, prompt_mask_NP: torch.Tensor, *,
         # (dividing by 1 changes no bit: skip that pass over the logits at T = 1 and greedy)
         scaled_LV = logits_BV.float() if greedy or temperature == 1 else logits_BV.float() / temperature
         logp_LV = torch.log_softmax(scaled_LV, dim=-1)
-        drawn_L = logp_LV.argmax(-1) if greedy else _draw(logp_LV)
+        drawn_L = logp_LV.argmax(-1) if greedy else torch.multinomial(logp_LV.exp(), 1).squeeze(-1)
         tokens_BC[live_rows, t] = drawn_L
         logprobs_BC[live_rows, t] = logp_LV.gather(-1, drawn_L[:, None]).squeeze(-1)
         ended_L = ended_L | torch.isin(drawn_L, stop)
