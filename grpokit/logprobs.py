@@ -99,7 +99,7 @@ def _chunk_positions(model, n_positions: int, max_logits_mb: float | None) -> in
     return max(1, int(budget // (vocab * 4)))
 
 
-def _head_is_projection(model, hidden_BH: torch.Tensor, logits_BV: torch.Tensor) -> bool:
+def _head_is_projection(model, hidden_B1H: torch.Tensor, logits_B1V: torch.Tensor) -> bool:
     """Whether the model's logits are its output embedding applied to the decoder's output, checked
     once per model on a position the forward projected itself, and remembered."""
     from grpokit.decoding import transformers_model
@@ -108,10 +108,10 @@ def _head_is_projection(model, hidden_BH: torch.Tensor, logits_BV: torch.Tensor)
     known = getattr(base, "_grpokit_head_is_projection", None)
     if known is None:
         with torch.no_grad():
-            mine = base.get_output_embeddings()(hidden_BH).float()
+            mine = base.get_output_embeddings()(hidden_B1H).float()
         # The same module on the same input: equal up to matmul rounding. Anything applied after the
         # head (soft-capping, scaling) shows as a larger difference.
-        known = bool(torch.allclose(mine, logits_BV.float(), rtol=1e-5, atol=1e-6))
+        known = bool(torch.allclose(mine, logits_B1V.float(), rtol=1e-5, atol=1e-6))
         base._grpokit_head_is_projection = known
     return known
 
@@ -124,7 +124,8 @@ def _chunked_forward(model, **model_kwargs):
     with _last_hidden_states(model) as caught:
         out = model(**model_kwargs, logits_to_keep=1)
     hidden_BTH = caught["hidden"]
-    if not _head_is_projection(model, hidden_BTH[:, -1].detach(), out.logits[:, -1].detach()):
+    # (B, 1, H), the very slice the model's head projected: same shapes, so the same kernels, even in bf16
+    if not _head_is_projection(model, hidden_BTH[:, -1:].detach(), out.logits[:, -1:].detach()):
         return None
     return out, hidden_BTH, transformers_model(model).get_output_embeddings()
 
