@@ -40,7 +40,9 @@ the 300 prompts, before 34.0% (SE 2.7):
 | full fine-tuning lr 5e-6, seed 1 | 51.0% | +17.0 (4.0), 4.3 SE |
 | full fine-tuning lr 5e-6, seed 2 | 54.0% | +20.0 (4.0), 5.0 SE |
 
-(SE per evaluation sqrt(p(1-p)/300); the gain's SE combines both.) Each run trained for
+(SE per evaluation sqrt(p(1-p)/300); the gain's SE combines both.) These runs, made while the
+recipe was chosen, used an inverse-CDF sampler since reverted (the same distribution, other draws
+per seed); the README has the demo re-measured with the sampler as it is. Each run trained for
 223-255 s (6 steps) and took ~10 min in all with its three 300-prompt evaluations, on a 2-core
 CPU shared with other jobs, one thread. LoRA moved faster than full fine-tuning per step and per
 second (cheaper updates, no AdamW state for 135M weights), so the demo uses LoRA.
