@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from grpokit.data import Example, load_examples, read_jsonl, render_prompt
+from grpokit.data import Example, load_examples, render_prompt
 from grpokit.errors import GrpokitError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "data"
@@ -440,32 +440,6 @@ def test_hub_unreachable_is_detected_without_waiting_for_retries(monkeypatch):
     assert time.monotonic() - start < 5
     assert "could not be loaded from the Hugging Face hub: cannot connect to 127.0.0.1:9" in message
     assert message.endswith("To use a copy in the local cache, set HF_HUB_OFFLINE=1.")
-
-
-# ---- read_jsonl ------------------------------------------------------------------------------
-
-
-def test_read_jsonl_returns_line_numbers(tmp_path):
-    path = tmp_path / "c.jsonl"
-    path.write_bytes(b'\xef\xbb\xbf{"a": 1}\n\n{"a": 2}\r\n')  # a BOM and a CRLF line are fine
-    assert read_jsonl(path) == [(1, {"a": 1}), (3, {"a": 2})]
-    (tmp_path / "empty.jsonl").write_text("", encoding="utf-8")
-    assert read_jsonl(tmp_path / "empty.jsonl") == []
-
-
-def test_read_jsonl_reports_every_bad_line(tmp_path):
-    path = write_lines(tmp_path / "c.jsonl", ['{"a": 1}', "[1]", "{oops}", '"text"'])
-    with pytest.raises(GrpokitError) as info:
-        read_jsonl(path)
-    assert str(info.value).splitlines() == [
-        f"3 problems in {path}:",
-        f"  {path}:2: expected a JSON object on each line, found list [1]",
-        f"  {path}:3: malformed JSON: Expecting property name enclosed in double quotes "
-        "at column 2",
-        f"  {path}:4: expected a JSON object on each line, found str 'text'",
-    ]
-    with pytest.raises(GrpokitError, match="does not exist"):
-        read_jsonl(tmp_path / "missing.jsonl")
 
 
 # ---- render_prompt ---------------------------------------------------------------------------
