@@ -78,10 +78,10 @@ def compare(config_path: str, overrides: list[str], out_dir: str | Path, methods
 
 def method_result(run_dir: Path) -> dict:
     """One method's row of the comparison, from its summary.json and metrics.jsonl."""
-    from grpokit.run_dir import read_jsonl_rows
+    from grpokit.jsonl import read_log
 
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    rows = read_jsonl_rows(run_dir / "metrics.jsonl")
+    rows = read_log(run_dir / "metrics.jsonl")
     steps = [r for r in rows if r.get("phase") == "train"]
     evals = [r for r in rows if "eval_accuracy" in r and r.get("phase") in ("before", "eval", "after")]
     before, after = summary.get("eval_before") or {}, summary.get("eval_after") or {}

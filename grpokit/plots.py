@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from grpokit.run_dir import read_jsonl_rows
+from grpokit.jsonl import read_log
 
 
 def plot_training(run_dir: str | Path, out_name: str = "training.png") -> Path:
@@ -15,7 +15,7 @@ def plot_training(run_dir: str | Path, out_name: str = "training.png") -> Path:
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    rows = read_jsonl_rows(run_dir / "metrics.jsonl")
+    rows = read_log(run_dir / "metrics.jsonl")
     steps = [r for r in rows if r.get("phase") == "train"]
     evals = [r for r in rows if "eval_accuracy" in r and r.get("phase") != "initial"]  # after any warm-up
     fig, (ax_left, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
@@ -66,7 +66,7 @@ def plot_dashboard(run_dir: str | Path, out_name: str = "dashboard.png") -> Path
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    rows = read_jsonl_rows(run_dir / "metrics.jsonl")
+    rows = read_log(run_dir / "metrics.jsonl")
     steps = [r for r in rows if r.get("phase") == "train"]
     evals = [r for r in rows if "eval_accuracy" in r and r.get("phase") != "initial"]
     x = [r["step"] for r in steps]

@@ -108,10 +108,6 @@ class RunDir:
         return path
 
 
-def read_jsonl_rows(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def peak_memory_mb(device: torch.device | None = None) -> float:
     """Peak accelerator memory if on CUDA, else the process's peak resident set size."""
     if device is not None and device.type == "cuda":

@@ -31,3 +31,14 @@ def test_training_plot_of_a_run_where_some_steps_lack_a_metric(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = plot_training(tmp_path)
     assert out.stat().st_size > 1000
+
+
+def test_plots_of_a_run_killed_while_writing_a_metrics_line(tmp_path):
+    """A crash mid-write leaves a half-written last line; `grpokit plot` still draws the steps before it."""
+    from grpokit.plots import plot_training
+
+    rows = [{"step": i, "phase": "train", "reward": 0.1 * i, "accuracy": 0.1 * i} for i in range(1, 4)]
+    text = "\n".join(json.dumps(r) for r in rows) + "\n" + '{"step": 4, "phase": "tra'
+    (tmp_path / "metrics.jsonl").write_text(text)
+    assert plot_training(tmp_path).stat().st_size > 1000
+    assert plot_dashboard(tmp_path).stat().st_size > 1000
