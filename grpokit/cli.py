@@ -171,7 +171,7 @@ def cmd_score(args) -> int:
     from grpokit.config import load_config
     from grpokit.rewards import build_reward_components
     from grpokit.run_dir import _jsonable
-    from grpokit.scoring_file import score_file
+    from grpokit.score_command import score_file
 
     config = load_config(args.config, args.overrides)
     specs = config.rewards if not args.extract else [_with_extract(s, args.extract) for s in config.rewards]

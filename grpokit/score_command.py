@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from grpokit.data import read_jsonl
+from grpokit.jsonl import read_jsonl
 from grpokit.errors import GrpokitError
 from grpokit.rewards import RewardComponent, score_completions
 
