@@ -12,6 +12,7 @@ from grpokit.rewards.builtin import (
     accuracy,
     format_reward,
 )
+from grpokit.rewards.components import RewardComponent, build_reward_components
 from grpokit.rewards.isolation import InProcessScorer, IsolatedScorer, make_scorer
 from grpokit.rewards.loading import is_batched, load_reward_function
 from grpokit.rewards.math_answers import (
@@ -20,14 +21,7 @@ from grpokit.rewards.math_answers import (
     extract_answer,
     normalize_number,
 )
-from grpokit.rewards.scoring import (
-    ERROR_KINDS,
-    RewardComponent,
-    Scores,
-    build_reward_components,
-    check_error_rate,
-    score_completions,
-)
+from grpokit.rewards.scoring import ERROR_KINDS, Scores, check_error_rate, score_completions
 
 __all__ = [
     "BUILTIN_REWARDS",

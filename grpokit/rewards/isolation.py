@@ -31,12 +31,11 @@ from multiprocessing.connection import wait
 from grpokit.errors import GrpokitError
 from grpokit.rewards import math_answers
 from grpokit.rewards.builtin import accuracy
+from grpokit.rewards.components import RewardComponent, build_reward_components
 from grpokit.rewards.scoring import (
     Outcome,
-    RewardComponent,
     Scores,
     assemble_scores,
-    build_reward_components,
     check_batch,
     error_outcome,
     score_batched,
