@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from grpokit.jsonl import read_jsonl
 from grpokit.errors import GrpokitError
+from grpokit.jsonl import read_jsonl
 from grpokit.rewards import RewardComponent, score_completions
 
 
