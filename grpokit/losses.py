@@ -43,10 +43,52 @@ AGGREGATIONS = {"sequence": _sequence_mean, "token": _token_mean, "constant": _c
 
 
 def k3_kl(logp_BT: torch.Tensor, ref_logp_BT: torch.Tensor) -> torch.Tensor:
-    """Schulman's k3 estimator of KL(pi_theta || pi_ref) per token: exp(x) - x - 1, x = ref - logp."""
+    """Schulman's k3 estimator of KL(pi_theta || pi_ref) per token: exp(x) - x - 1, x = ref - logp.
+
+    On tokens sampled from pi_theta its *value* is unbiased for KL(pi_theta || pi_ref), but its expected
+    *gradient* (samples held fixed, as in the loss) is that of the other direction, KL(pi_ref || pi_theta):
+    E_y~pi[grad k3] = sum_y pi (1 - pi_ref / pi) grad log pi = -sum_y pi_ref grad log pi
+    (Schulman, "Approximating KL Divergence", 2020; tests/test_losses_gspo_cispo.py checks it exactly).
+    """
     x = ref_logp_BT - logp_BT
     # expm1(x) - x == exp(x) - 1 - x without the cancellation that rounds small KLs to 0 in float32
     return torch.expm1(x) - x
+
+
+def k2_kl(logp_BT: torch.Tensor, ref_logp_BT: torch.Tensor) -> torch.Tensor:
+    """Schulman's k2 estimator per token: 0.5 (logp - ref)^2.
+
+    Its value is biased for KL(pi_theta || pi_ref) (right to second order in logp - ref only), but its
+    expected gradient with samples held fixed is exactly that of the reverse KL(pi_theta || pi_ref):
+    E_y~pi[(log pi - log pi_ref) grad log pi] = grad sum_y pi (log pi - log pi_ref), since E_pi[grad log pi] = 0.
+    """
+    return 0.5 * (logp_BT - ref_logp_BT) ** 2
+
+
+KL_ESTIMATORS = {"k3": k3_kl, "k2": k2_kl}
+
+
+def _add_kl_and_aggregate(
+    per_token_BT: torch.Tensor,
+    logp_BT: torch.Tensor,
+    mask_BT: torch.Tensor,
+    norm: BatchNorm,
+    aggregation: str,
+    beta: float,
+    ref_logp_BT: torch.Tensor | None,
+    kl_estimator: str,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """loss = aggregation(per-token loss + beta * KL): the tail shared by the policy losses.
+
+    Returns (loss, kl_BT), kl_BT None when beta == 0 (no reference model needed then).
+    """
+    kl_BT = None
+    if beta != 0.0:
+        if ref_logp_BT is None:
+            raise ValueError("beta != 0 needs reference log-probs")
+        kl_BT = KL_ESTIMATORS[kl_estimator](logp_BT, ref_logp_BT)
+        per_token_BT = per_token_BT + beta * kl_BT
+    return AGGREGATIONS[aggregation](per_token_BT, mask_BT, norm), kl_BT
 
 
 def _clipped_surrogate(
@@ -61,9 +103,6 @@ def _clipped_surrogate(
     clipped_BT = torch.clamp(ratio_BT, 1 - clip_low, 1 + clip_high) * adv_BT
     is_clipped_BT = (clipped_BT < unclipped_BT).to(ratio_BT.dtype)  # the min took the clipped term
     return -torch.minimum(unclipped_BT, clipped_BT), is_clipped_BT
-
-
-IS_CORRECTIONS = ("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 
 
 def sampler_importance_weights(old_logp_BT: torch.Tensor, sampling_logp_BT: torch.Tensor, mask_BT: torch.Tensor,
@@ -108,8 +147,9 @@ def grpo_loss(
     ref_logp_BT: torch.Tensor | None = None,
     aggregation: str = "token",
     is_weights_BT: torch.Tensor | None = None,
+    kl_estimator: str = "k3",
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Clipped surrogate minus beta * k3 KL, aggregated by `aggregation`; returned as a loss.
+    """Clipped surrogate minus beta * KL (`kl_estimator`: "k3" or "k2"), aggregated by `aggregation`; as a loss.
 
     Per token: s = min(rho * A, clip(rho, 1 - clip_low, 1 + clip_high) * A), rho = exp(logp - old).
     With one update per rollout, pass old_logp_BT = logp_BT.detach(): rho == 1 with gradient.
@@ -121,13 +161,114 @@ def grpo_loss(
     per_token_BT, is_clipped_BT = _clipped_surrogate(ratio_BT, advantages_B[:, None], clip_low, clip_high)
     if is_weights_BT is not None:
         per_token_BT = per_token_BT * is_weights_BT
-    kl_BT = None
-    if beta != 0.0:
-        if ref_logp_BT is None:
-            raise ValueError("beta != 0 needs reference log-probs")
-        kl_BT = k3_kl(logp_BT, ref_logp_BT)
-        per_token_BT = per_token_BT + beta * kl_BT
-    loss = AGGREGATIONS[aggregation](per_token_BT, mask_BT, norm)
+    loss, kl_BT = _add_kl_and_aggregate(per_token_BT, logp_BT, mask_BT, norm, aggregation, beta, ref_logp_BT,
+                                        kl_estimator)
+    with torch.no_grad():
+        metrics = {
+            "clipped_tokens": (is_clipped_BT * mask_BT).sum().item(),
+            "kl_sum": 0.0 if kl_BT is None else (kl_BT * mask_BT).sum().item(),
+            "tokens": mask_BT.sum().item(),
+        }
+    return loss, metrics
+
+
+def _sequence_ratio(logp_BT: torch.Tensor, seq_log_ratio_B: torch.Tensor) -> torch.Tensor:
+    """GSPO: one ratio per sequence, s_i = exp(mean_t log rho_{i,t}), shape (B, 1); its gradient is
+    s_i (1 / |o_i|) sum_t grad logp_{i,t}."""
+    return torch.exp(seq_log_ratio_B)[:, None]
+
+
+def _sequence_token_ratio(logp_BT: torch.Tensor, seq_log_ratio_B: torch.Tensor) -> torch.Tensor:
+    """GSPO-token: s_{i,t} = sg(s_i) pi(y_t) / sg(pi(y_t)), shape (B, T). Its value is s_i on every token
+    (logp - sg(logp) is exactly 0); its gradient on token t is s_i grad logp_{i,t}."""
+    return torch.exp(seq_log_ratio_B.detach()[:, None] + (logp_BT - logp_BT.detach()))
+
+
+GSPO_LEVELS = {"sequence": _sequence_ratio, "sequence_token": _sequence_token_ratio}
+
+
+def gspo_loss(
+    logp_BT: torch.Tensor,
+    old_logp_BT: torch.Tensor,
+    advantages_B: torch.Tensor,
+    mask_BT: torch.Tensor,
+    norm: BatchNorm,
+    *,
+    clip_low: float = 3e-4,
+    clip_high: float = 4e-4,
+    level: str = "sequence",
+    beta: float = 0.0,
+    ref_logp_BT: torch.Tensor | None = None,
+    kl_estimator: str = "k3",
+    aggregation: str = "sequence",
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """GSPO (Zheng et al. 2025, arXiv 2507.18071): the clipped surrogate on a sequence-level ratio.
+
+    s_i = exp((1 / |o_i|) sum_t m_{i,t} (logp - old_logp)); per sequence
+    loss_i = -min(s_i A_i, clip(s_i, 1 - clip_low, 1 + clip_high) A_i), given to each of its tokens, plus
+    beta * KL per token as in `grpo_loss`, then aggregated by `aggregation`. The default "sequence" is the
+    paper's (1 / G) sum_i; "token" or "constant" weigh each sequence by its length (TRL warns about this).
+    Defaults clip_low = 3e-4, clip_high = 4e-4 are the paper's: the log-ratio is a per-token mean, so tiny.
+    `level` "sequence_token" is GSPO-token (s_{i,t} = sg(s_i) pi(y_t) / sg(pi(y_t))): the same value,
+    clipping decision and, with one advantage per sequence, gradient; it lets A vary per token later.
+    A sequence is clipped as a whole: metrics count clipped_sequences (sequences with at least one token)
+    and clipped_tokens (the tokens of those sequences, so clipped_tokens / tokens is comparable to
+    grpo_loss's clip fraction). Metrics are sums over this micro-batch.
+    """
+    mask_BT = mask_BT.to(logp_BT.dtype)
+    # padding may hold any finite log-prob: mask before the mean
+    seq_log_ratio_B = ((logp_BT - old_logp_BT) * mask_BT).sum(-1) / mask_BT.sum(-1).clamp(min=1)
+    ratio_BX = GSPO_LEVELS[level](logp_BT, seq_log_ratio_B)  # X = 1 ("sequence") or T ("sequence_token")
+    per_token_BX, is_clipped_BX = _clipped_surrogate(ratio_BX, advantages_B[:, None], clip_low, clip_high)
+    per_token_BT = per_token_BX.expand_as(mask_BT)
+    loss, kl_BT = _add_kl_and_aggregate(per_token_BT, logp_BT, mask_BT, norm, aggregation, beta, ref_logp_BT,
+                                        kl_estimator)
+    with torch.no_grad():
+        has_tokens_B = (mask_BT.sum(-1) > 0).to(mask_BT.dtype)
+        is_clipped_B = is_clipped_BX.expand_as(mask_BT)[:, 0]  # one decision per sequence at both levels
+        metrics = {
+            "clipped_sequences": (is_clipped_B * has_tokens_B).sum().item(),
+            "clipped_tokens": (is_clipped_B[:, None] * mask_BT).sum().item(),
+            "kl_sum": 0.0 if kl_BT is None else (kl_BT * mask_BT).sum().item(),
+            "sequences": has_tokens_B.sum().item(),
+            "tokens": mask_BT.sum().item(),
+        }
+    return loss, metrics
+
+
+def cispo_loss(
+    logp_BT: torch.Tensor,
+    old_logp_BT: torch.Tensor,
+    advantages_B: torch.Tensor,
+    mask_BT: torch.Tensor,
+    norm: BatchNorm,
+    *,
+    clip_low: float | None = None,
+    clip_high: float = 4.0,
+    beta: float = 0.0,
+    ref_logp_BT: torch.Tensor | None = None,
+    kl_estimator: str = "k3",
+    aggregation: str = "token",
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """CISPO (MiniMax-M1, arXiv 2506.13585): clip the importance weight, not the update.
+
+    Per token: loss = -sg(clip(rho, 1 - clip_low, 1 + clip_high)) A_i logp, rho = exp(logp - old_logp); the
+    weight is detached, so every token keeps the gradient -w A grad logp (PPO's clip drops clipped tokens'
+    gradients). Plus beta * KL per token as in `grpo_loss`; aggregated by `aggregation` (the paper's
+    1 / sum_i |o_i| is "token"). The loss value is -w A logp, not a surrogate of the return.
+    clip_low = None puts no lower bound on the weight: MiniMax only tunes the upper one in practice, and TRL
+    clamps only from above (`clamp(rho, max=epsilon_high)`). Note TRL's epsilon_high is the cap itself
+    (recommended 5.0, from ScaleRL), where ours is 1 + clip_high: the default clip_high = 4.0 is that same cap.
+    Metric clipped_tokens counts tokens whose weight was clamped (either side, whatever the sign of A).
+    """
+    mask_BT = mask_BT.to(logp_BT.dtype)
+    with torch.no_grad():
+        ratio_BT = torch.exp(logp_BT - old_logp_BT)
+        weight_BT = torch.clamp(ratio_BT, None if clip_low is None else 1 - clip_low, 1 + clip_high)
+        is_clipped_BT = (weight_BT != ratio_BT).to(mask_BT.dtype)
+    per_token_BT = -weight_BT * advantages_B[:, None] * logp_BT
+    loss, kl_BT = _add_kl_and_aggregate(per_token_BT, logp_BT, mask_BT, norm, aggregation, beta, ref_logp_BT,
+                                        kl_estimator)
     with torch.no_grad():
         metrics = {
             "clipped_tokens": (is_clipped_BT * mask_BT).sum().item(),
