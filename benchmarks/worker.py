@@ -66,7 +66,7 @@ class PeakRSS:
 def eval_inputs(model_dir: str, home: Path):
     """Rendered prompts, the gold answers and the reward components, exactly as grpokit's trainer sees them."""
     from grpokit.config import load_config
-    from grpokit.trainer import prepare_inputs
+    from grpokit.inputs import prepare_inputs
 
     config = load_config(DEMO_CONFIG, grpokit_overrides(model_dir, home, 1, 0, 0, "unused"))
     return config, prepare_inputs(config)

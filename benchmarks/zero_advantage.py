@@ -60,13 +60,15 @@ def main() -> None:
     import random
 
     from grpokit.config import load_config
-    from grpokit.losses import BatchNorm
+    from grpokit.inputs import prepare_inputs
+    from grpokit.losses import LossNormalizers
     from grpokit.methods.grpo import compute_advantages, grpo_update
     from grpokit.modeling import load_model
     from grpokit.optim import build_optimizer, build_scheduler
+    from grpokit.parallel import single_process
     from grpokit.rewards import make_scorer
     from grpokit.sampler import sample
-    from grpokit.trainer import prepare_inputs, set_seed
+    from grpokit.trainer import set_seed
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +96,7 @@ def main() -> None:
         advantages_B, zero_variance = compute_advantages(rewards_B, G, config.grpo)
         if step == 1 or step % args.every == 0:
             tokens, mask = rollout.tokens, rollout.tokens.completion_mask_BC
-            norm = BatchNorm(len(tokens), int(mask.sum()), s.max_new_tokens)
+            norm = LossNormalizers(len(tokens), int(mask.sum()), s.max_new_tokens)
             everything = list(range(len(tokens)))
             kept = [i for i in everything if advantages_B[i] != 0]
             model.train()
@@ -114,7 +116,7 @@ def main() -> None:
                          f"{relative:.4f} | {t_full:.3f} → {t_skip:.3f} |")
             print(lines[-1], file=sys.stderr)
         model.train()
-        grpo_update(model, optimizer, scheduler, rollout, advantages_B, config, ref_model)
+        grpo_update(model, optimizer, scheduler, rollout, advantages_B, config, single_process(), ref_model)
     scorer.close()
     text = "\n".join(lines)
     (out / "results.md").write_text(text + "\n")

@@ -22,43 +22,34 @@ import types
 
 __version__ = "0.1.0"
 
-# public name -> (module, attribute); a tuple of modules is tried in order
-_EXPORTS: dict[str, tuple[tuple[str, ...], str]] = {
-    "train": (("grpokit.trainer",), "train"),  # train(config, out_dir=None) -> summary dict
-    "Config": (("grpokit.config",), "Config"),
-    "load_config": (("grpokit.config",), "load_config"),  # load_config(path=None, overrides=(), base=None)
-    "evaluate": (("grpokit.evaluation",), "evaluate"),  # evaluate(model, tokenizer, prompts, answers, components, ...)
-    "compare": (("grpokit.compare",), "compare"),  # compare(config_path, overrides, out_dir, methods=...)
-    "explain": (("grpokit.explain",), "explain"),  # explain(lr=1.0, ...) -> rows; grpokit.explain.run formats them
-    "doctor": (("grpokit.doctor",), "run_doctor"),  # run_doctor(config, num_groups=4, ...) -> Report
-    # score_file(path, components, *, completion_field, answer_field, prompt_field="prompt");
-    # the module is being renamed from scoring_file to score_command: either is found
-    "score_file": (("grpokit.score_command", "grpokit.scoring_file"), "score_file"),
-    "build_tiny": (("grpokit.tiny",), "build_tiny"),  # build_tiny(out_dir, size="demo", seed=0)
-    "ensure_tiny": (("grpokit.tiny",), "ensure_tiny"),  # ensure_tiny(home, size="demo", ...) -> paths
+# public name -> (module, attribute)
+_EXPORTS: dict[str, tuple[str, str]] = {
+    "train": ("grpokit.trainer", "train"),  # train(config, out_dir=None) -> summary dict
+    "Config": ("grpokit.config", "Config"),
+    "load_config": ("grpokit.config", "load_config"),  # load_config(path=None, overrides=(), base=None)
+    "evaluate": ("grpokit.evaluation", "evaluate"),  # evaluate(model, tokenizer, prompts, answers, components, ...)
+    "compare": ("grpokit.compare", "compare"),  # compare(config_path, overrides, out_dir, methods=...)
+    "explain": ("grpokit.explain", "explain"),  # explain(lr=1.0, ...) -> rows; grpokit.explain.run formats them
+    "doctor": ("grpokit.doctor", "run_doctor"),  # run_doctor(config, num_groups=4, ...) -> Report
+    # score_file(path, components, *, completion_field, answer_field, prompt_field="prompt")
+    "score_file": ("grpokit.score_command", "score_file"),
+    "build_tiny": ("grpokit.tiny", "build_tiny"),  # build_tiny(out_dir, size="demo", seed=0)
+    "ensure_tiny": ("grpokit.tiny", "ensure_tiny"),  # ensure_tiny(home, size="demo", ...) -> paths
 }
 
 __all__ = ["__version__", *_EXPORTS]
 
 # submodules whose names are also exported functions
-_SHADOWED = frozenset(name for name in _EXPORTS if f"grpokit.{name}" in _EXPORTS[name][0])
+_SHADOWED = frozenset(name for name, (module, _) in _EXPORTS.items() if module == f"grpokit.{name}")
 
 
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'grpokit' has no attribute {name!r}")
-    modules, attribute = _EXPORTS[name]
-    for i, module_name in enumerate(modules):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name != module_name or i == len(modules) - 1:
-                raise
-            continue
-        value = getattr(module, attribute)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(name)  # unreachable: the last module either imports or raises
+    module, attribute = _EXPORTS[name]
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
 
 def __dir__() -> list[str]:

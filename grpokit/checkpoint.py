@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from grpokit.errors import GrpokitError
-from grpokit.sharding import load_optimizer_state
 
 MANIFEST = "manifest.json"
 
@@ -165,9 +164,46 @@ def find_resumable(root: Path) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path, model, optimizer) -> dict:
-    """Restore optimizer and RNG states from `path` and return state.json (the model is loaded by the caller)."""
-    load_optimizer_state(model, optimizer, lambda: torch.load(path / "optimizer.pt", weights_only=True), str(path))
+def write_run_checkpoint(root: Path, step: int, *, backend, model, tokenizer, optimizer, state: dict, keep: int,
+                         save_extra) -> Path | None:
+    """Every process calls it: the backend gathers what it splits (a collective), writes its own state
+    (DeepSpeed's partitions, every process its part, moved in with the rest), and the main process
+    writes the checkpoint; the others wait for it. Returns the folder on the main process."""
+    model_state = backend.full_model_state(model)
+    optimizer_state = backend.optimizer_state(model, optimizer)
+    if backend.has_own_state:
+        staging = root / f".deepspeed_step_{step}"
+        if backend.world.is_main:  # also what a crash between writing and moving left behind
+            for stale in root.glob(".deepspeed_step_*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        backend.world.barrier()
+        backend.save_state(model, staging)
+        backend.world.barrier()
+
+        def save_extra(folder: Path, method_extra=save_extra) -> None:
+            method_extra(folder)
+            shutil.move(str(staging), str(folder / "deepspeed"))
+    path = None
+    if backend.world.is_main:
+        path = save_checkpoint(root, step, model=model, tokenizer=tokenizer, optimizer_state=optimizer_state,
+                               state=state, keep=keep, save_extra=save_extra, model_state=model_state)
+    backend.world.barrier()
+    return path
+
+
+def load_checkpoint(path: Path, model, optimizer, backend) -> dict:
+    """Restore the backend's own state, optimizer and RNG states from `path` and return state.json
+    (the model is loaded by the caller)."""
+    saved_by_deepspeed = (path / "deepspeed").is_dir()
+    if saved_by_deepspeed != backend.has_own_state:
+        raise GrpokitError(
+            f"{path} was written by a run {'with' if saved_by_deepspeed else 'without'} DeepSpeed; this run is "
+            f"{'without' if saved_by_deepspeed else 'with'} it. Resume with the same launch settings (accelerate "
+            "config) as the run that wrote it.")
+    if backend.has_own_state:
+        backend.load_state(model, path / "deepspeed")
+    backend.load_optimizer_state(model, optimizer, lambda: torch.load(path / "optimizer.pt", weights_only=True),
+                                 str(path))
     state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     set_rng_state(state["rng"], torch.load(path / "rng.pt", weights_only=True))
     return state

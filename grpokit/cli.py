@@ -25,7 +25,7 @@ def _quiet_libraries() -> None:
 
 def cmd_train(args) -> int:
     from grpokit.config import load_config
-    from grpokit.distributed import world
+    from grpokit.parallel import world
     from grpokit.trainer import train
 
     config = load_config(args.config, [*args.overrides, *(["train.resume=true"] if args.resume else [])])
@@ -38,7 +38,7 @@ def cmd_train(args) -> int:
 
 def cmd_validate(args) -> int:
     from grpokit.config import load_config
-    from grpokit.trainer import prepare_inputs
+    from grpokit.inputs import prepare_inputs
 
     config = load_config(args.config, args.overrides)
     inputs = prepare_inputs(config)  # raises with every bad row listed; loads the tokenizer, never the model

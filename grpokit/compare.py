@@ -42,12 +42,14 @@ def warmup_overrides(config) -> list[str]:
 def compare(config_path: str, overrides: list[str], out_dir: str | Path, methods: tuple[str, ...] = DEFAULT_METHODS,
             progress: bool = False) -> dict:
     """Run `methods` from one shared warm-up; write table.md, accuracy plots and summary.json into out_dir."""
-    from grpokit.methods import ONLINE
+    from grpokit.methods import online_methods
+
+    online = online_methods()
 
     unknown = [m for m in methods if m not in CHOICES["train.method"]]
-    offline = [m for m in methods if m not in unknown and m not in ONLINE]
+    offline = [m for m in methods if m not in unknown and m not in online]
     if not methods or unknown or offline:
-        raise GrpokitError(f"compare runs online methods ({', '.join(ONLINE)}); got "
+        raise GrpokitError(f"compare runs online methods ({', '.join(online)}); got "
                            f"{', '.join(unknown + offline)}.")
     config = load_config(config_path, overrides)  # validated once, before anything runs
     out = Path(out_dir)

@@ -358,13 +358,7 @@ def _validate(config: Config) -> None:
             raise GrpokitError(f"config key '{key}' must be at least 1.")
     if not config.sampling.temperature > 0 or not math.isfinite(config.sampling.temperature):
         raise GrpokitError("config key 'sampling.temperature' must be a positive number for training.")
-    if config.sampling.group_size < 2 and config.train.method in ("grpo", "rloo", "online_dpo", "online_orpo"):
-        raise GrpokitError(f"config key 'sampling.group_size' must be at least 2 for {config.train.method} "
-                           "(it compares completions within a group).")
     trackers_requested(config.train.report_to)
-    if config.sampling.dynamic and config.train.method == "rft":
-        raise GrpokitError("sampling.dynamic drops groups whose rewards are all equal, and all-pass groups are "
-                           "exactly what rft trains on; use it with grpo, rloo, online_dpo/orpo or ppo.")
     if config.sampling.dynamic and config.sampling.group_size < 2:
         raise GrpokitError("sampling.dynamic keeps groups whose rewards differ: it needs sampling.group_size >= 2.")
     if not 0.0 <= config.verify.max_error_rate <= 1.0:

@@ -16,12 +16,13 @@ import torch
 
 from grpokit.advantages import zero_variance_groups
 from grpokit.config import Config
+from grpokit.inputs import prepare_inputs
+from grpokit.methods import METHODS
 from grpokit.modeling import apply_lora, autocast, load_model
 from grpokit.rewards import BUILTIN_REWARDS, make_scorer
 from grpokit.rewards.builtin import DEFAULT_FORMAT_PATTERN
 from grpokit.run_dir import peak_memory_mb
 from grpokit.sampler import sample
-from grpokit.trainer import prepare_inputs
 
 # Thresholds for warnings; each warning states the number it saw.
 MAX_TRUNCATION_RATE = 0.10
@@ -59,10 +60,9 @@ def memory_estimate(model, config: Config, prompt_tokens: int, completion_tokens
     weights = params * 4  # trained parameters stay float32 (grpokit.modeling.load_model)
     gradients_and_adam = trainable * 4 * 3  # gradient + two AdamW moments
     ref_bytes = {"float32": 4, "bfloat16": 2, "float16": 2}[config.model.dtype]
-    needs_reference = (config.train.method in ("grpo", "rloo") and config.grpo.beta > 0) or \
-        config.train.method in ("dpo", "online_dpo") or (config.train.method == "ppo" and config.ppo.kl_coef > 0)
-    reference = params * ref_bytes if needs_reference and not config.lora.enabled else 0  # LoRA: adapters off
-    value_model = params * 4 * 4 if config.train.method == "ppo" else 0  # weights, gradients, AdamW
+    method = METHODS[config.train.method]
+    reference = params * ref_bytes if method.needs_reference(config) and not config.lora.enabled else 0  # LoRA: off
+    value_model = params * 4 * 4 if method.trains_value_model else 0  # weights, gradients, AdamW
     tokens = config.optim.micro_batch_size * (prompt_tokens + completion_tokens)
     hidden, layers, vocab = c.hidden_size, c.num_hidden_layers, c.vocab_size
     activation_bytes = 2 if config.model.dtype != "float32" else 4

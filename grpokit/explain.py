@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from grpokit.advantages import group_advantages
-from grpokit.losses import BatchNorm, dpo_loss, grpo_loss, orpo_loss, sequence_logprob, sft_loss
+from grpokit.losses import LossNormalizers, dpo_loss, grpo_loss, orpo_loss, sequence_logprob, sft_loss
 
 QUESTION = "Is Paris the capital of France?"
 ANSWERS = ("Yes", "Maybe", "No")
@@ -74,7 +74,7 @@ def _step(key: str, method: str, trained_on: str, lr: float, loss_fn, detail: st
 
 def _sft(z):
     logp_BT, mask_BT = _one_token_logp(z, [YES])
-    return sft_loss(logp_BT, mask_BT, BatchNorm(num_sequences=1, num_tokens=1, max_len=1))[0]
+    return sft_loss(logp_BT, mask_BT, LossNormalizers(num_sequences=1, num_tokens=1, max_len=1))[0]
 
 
 def _orpo(lam: float):
@@ -107,7 +107,7 @@ def _grpo(group: list[int]):
 
     def loss_fn(z):
         logp_BT, mask_BT = _one_token_logp(z, group)
-        norm = BatchNorm(num_sequences=len(group), num_tokens=len(group), max_len=1)
+        norm = LossNormalizers(num_sequences=len(group), num_tokens=len(group), max_len=1)
         return grpo_loss(logp_BT, logp_BT.detach(), advantages_G, mask_BT, norm, aggregation="token")[0]
 
     detail = "rewards " + ",".join(f"{r:g}" for r in rewards_G.tolist())

@@ -20,8 +20,6 @@ import contextlib
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from grpokit.sharding import in_lockstep
-
 # Above this many MB of float32 logits per forward, log-probs are computed in chunks of positions.
 LOGITS_BUDGET_MB = 128
 
@@ -85,14 +83,15 @@ def _last_hidden_states(model):
 def _chunk_positions(model, n_positions: int, max_logits_mb: float | None) -> int | None:
     """Positions per chunk when `n_positions` logits would exceed the budget; None: whole logits.
 
-    Sharded models (FSDP, DeepSpeed) keep the whole-logits path: their LM head's weights are only
-    gathered inside the model's own forward. So do models whose head is not a plain projection
+    Models whose forwards are collectives (FSDP, DeepSpeed) keep the whole-logits path: their LM
+    head's weights are only gathered inside the model's own forward (`token_logprobs(lockstep=True)`
+    lifts the budget). So do models whose head is not a plain projection
     (e.g. Gemma 2's final logit soft-capping), which `_head_is_projection` finds out on first use."""
     from grpokit.decoding import transformers_model
 
     budget = (LOGITS_BUDGET_MB if max_logits_mb is None else max_logits_mb) * 2**20
     vocab = transformers_model(model).config.vocab_size
-    if n_positions * vocab * 4 <= budget or in_lockstep(model):
+    if n_positions * vocab * 4 <= budget:
         return None
     if getattr(transformers_model(model), "_grpokit_head_is_projection", True) is False:
         return None
@@ -166,7 +165,7 @@ def completion_logprobs(
 
 
 def token_logprobs(model, batch, temperature: float, share_prompts: bool = True,
-                   max_logits_mb: float | None = None) -> torch.Tensor:
+                   max_logits_mb: float | None = None, *, lockstep: bool = False) -> torch.Tensor:
     """Log-probs of `batch`'s completion tokens (a `TokenBatch`), (B, C).
 
     With share_prompts, rows whose prompt is identical (a GRPO group, a DPO pair) run the prompt
@@ -174,14 +173,18 @@ def token_logprobs(model, batch, temperature: float, share_prompts: bool = True,
     completions attend to them through the KV cache. The result and its gradient are those of the
     plain forward (same maths, prompt computed once; tests compare both to float precision).
     Logits above `max_logits_mb` are computed in chunks (`completion_logprobs`).
+    `lockstep`: the model's forwards are collectives (FSDP, DeepSpeed: `Backend.collective`), so
+    every process must make the same calls whatever its rows: whole logits, and the shared path.
     """
     prompt_len = batch.prompt_ids_BP.shape[1]
+    if lockstep:
+        max_logits_mb = float("inf")
     if share_prompts and batch.completion_ids_BC.shape[1] > 0 and _can_share_prompts(model):
         key_BK = torch.cat([batch.prompt_ids_BP, batch.prompt_mask_BP], dim=1)
         unique_UK, row_to_prompt_B = torch.unique(key_BK, dim=0, return_inverse=True)
         # Under FSDP or DeepSpeed every process must make the same model calls, whatever its rows: the
         # shared path (two forwards) is taken there even when no prompt repeats (it is exact either way).
-        if len(unique_UK) < len(key_BK) or in_lockstep(model):
+        if len(unique_UK) < len(key_BK) or lockstep:
             return _shared_prompt_logprobs(model, unique_UK[:, :prompt_len], unique_UK[:, prompt_len:],
                                            row_to_prompt_B, batch, temperature, max_logits_mb)
     return completion_logprobs(model, batch.input_ids(), batch.attention_mask(), prompt_len, temperature,

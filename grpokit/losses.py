@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
-class BatchNorm:
+class LossNormalizers:
     """Sizes of the whole optimisation batch, which normalisers are computed from."""
 
     num_sequences: int  # sequences in the batch (all micro-batches together)
@@ -23,18 +23,18 @@ class BatchNorm:
     max_len: int  # the constant L of Dr. GRPO (usually max_new_tokens)
 
 
-def _sequence_mean(loss_BT, mask_BT, norm: BatchNorm):
+def _sequence_mean(loss_BT, mask_BT, norm: LossNormalizers):
     """Original GRPO: mean over each sequence's tokens, then over sequences."""
     per_sequence_B = (loss_BT * mask_BT).sum(-1) / mask_BT.sum(-1).clamp(min=1)
     return per_sequence_B.sum() / norm.num_sequences
 
 
-def _token_mean(loss_BT, mask_BT, norm: BatchNorm):
+def _token_mean(loss_BT, mask_BT, norm: LossNormalizers):
     """DAPO: every completion token of the batch weighs the same."""
     return (loss_BT * mask_BT).sum() / max(norm.num_tokens, 1)
 
 
-def _constant(loss_BT, mask_BT, norm: BatchNorm):
+def _constant(loss_BT, mask_BT, norm: LossNormalizers):
     """Dr. GRPO: a constant normaliser (sequences x max length), free of length bias."""
     return (loss_BT * mask_BT).sum() / (norm.num_sequences * norm.max_len)
 
@@ -72,7 +72,7 @@ def _add_kl_and_aggregate(
     per_token_BT: torch.Tensor,
     logp_BT: torch.Tensor,
     mask_BT: torch.Tensor,
-    norm: BatchNorm,
+    norm: LossNormalizers,
     aggregation: str,
     beta: float,
     ref_logp_BT: torch.Tensor | None,
@@ -139,7 +139,7 @@ def grpo_loss(
     old_logp_BT: torch.Tensor,
     advantages_B: torch.Tensor,
     mask_BT: torch.Tensor,
-    norm: BatchNorm,
+    norm: LossNormalizers,
     *,
     clip_low: float = 0.2,
     clip_high: float = 0.2,
@@ -192,7 +192,7 @@ def gspo_loss(
     old_logp_BT: torch.Tensor,
     advantages_B: torch.Tensor,
     mask_BT: torch.Tensor,
-    norm: BatchNorm,
+    norm: LossNormalizers,
     *,
     clip_low: float = 3e-4,
     clip_high: float = 4e-4,
@@ -241,7 +241,7 @@ def cispo_loss(
     old_logp_BT: torch.Tensor,
     advantages_B: torch.Tensor,
     mask_BT: torch.Tensor,
-    norm: BatchNorm,
+    norm: LossNormalizers,
     *,
     clip_low: float | None = None,
     clip_high: float = 4.0,
@@ -278,7 +278,9 @@ def cispo_loss(
     return loss, metrics
 
 
-def sft_loss(logp_BT: torch.Tensor, mask_BT: torch.Tensor, norm: BatchNorm) -> tuple[torch.Tensor, dict[str, float]]:
+def sft_loss(
+    logp_BT: torch.Tensor, mask_BT: torch.Tensor, norm: LossNormalizers
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Cross-entropy on target completion tokens only (prompt tokens are not in mask_BT),
     averaged over all target tokens of the batch."""
     mask_BT = mask_BT.to(logp_BT.dtype)
@@ -291,7 +293,7 @@ def ppo_policy_loss(
     old_logp_BT: torch.Tensor,
     advantages_BT: torch.Tensor,
     mask_BT: torch.Tensor,
-    norm: BatchNorm,
+    norm: LossNormalizers,
     *,
     clip_low: float = 0.2,
     clip_high: float = 0.2,
@@ -430,7 +432,7 @@ def ppo_value_loss(
     old_values_BT: torch.Tensor,
     returns_BT: torch.Tensor,
     mask_BT: torch.Tensor,
-    norm: BatchNorm,
+    norm: LossNormalizers,
     *,
     clip: float = 0.2,
 ) -> tuple[torch.Tensor, dict[str, float]]:

@@ -14,7 +14,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_device(name: str) -> torch.device:
-    from grpokit.distributed import world
+    from grpokit.parallel import world
 
     if name in ("auto", "cuda") and world().size > 1:
         return world().device  # one device per process: cuda:LOCAL_RANK (or the CPU)

@@ -1,6 +1,9 @@
 """Sampling G completions per prompt: grpokit's KV-cached loop (`grpokit.decoding`), or
 Hugging Face `generate` for models that loop cannot serve (sampling.engine).
 
+`Sampler` is the one interface the trainer's rollout collector calls (`sample`, `after_update`,
+`close`); `LocalSampler` implements it here, `grpokit.vllm_engine.VLLMSampler` with vLLM.
+
 Returns everything the update needs: token ids, the completion mask (EOS included, so the
 model learns to stop), whether each completion was truncated, and the per-token log-probs of
 the distribution the tokens were actually drawn from (after temperature).
@@ -15,9 +18,6 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from grpokit.batching import TokenBatch, encode_prompts, pad_id
 from grpokit.decoding import decode, supports_cached_decoding
-from grpokit.sharding import full_weights
-
-ENGINES = ("grpokit", "transformers")
 
 
 @dataclass
@@ -125,6 +125,7 @@ def sample(
     engine: str = "grpokit",
 ) -> Rollout:
     """Draw `group_size` completions for each prompt. temperature 0 means greedy decoding.
+    `model` holds whole weights (a sharded policy is sampled through `LocalSampler`).
 
     engine "grpokit" uses the cached loop where the model supports it and `generate` otherwise;
     "transformers" always uses `generate`. "vllm" is driven by the trainer (`grpokit.vllm_engine`,
@@ -139,19 +140,46 @@ def sample(
     was_training = model.training
     model.eval()
     try:
-        # a sharded model decodes on gathered weights: no collectives per token
-        with full_weights(model) as whole:
-            if engine in ("grpokit", "vllm") and supports_cached_decoding(whole):
-                completion_ids_BC, logprobs_BC = decode(
-                    whole, prompt_ids_NP, prompt_mask_NP, group_size=group_size, max_new_tokens=max_new_tokens,
-                    temperature=temperature, stop_ids=stop_ids, pad_id=pad_id(tokenizer))
-            else:
-                completion_ids_BC, logprobs_BC = _generate(whole, tokenizer, prompt_ids_BP, prompt_mask_BP,
-                                                           max_new_tokens, temperature, stop_ids)
+        if engine in ("grpokit", "vllm") and supports_cached_decoding(model):
+            completion_ids_BC, logprobs_BC = decode(
+                model, prompt_ids_NP, prompt_mask_NP, group_size=group_size, max_new_tokens=max_new_tokens,
+                temperature=temperature, stop_ids=stop_ids, pad_id=pad_id(tokenizer))
+        else:
+            completion_ids_BC, logprobs_BC = _generate(model, tokenizer, prompt_ids_BP, prompt_mask_BP,
+                                                       max_new_tokens, temperature, stop_ids)
     finally:
         model.train(was_training)
     return finish_rollout(tokenizer, prompt_ids_BP, prompt_mask_BP, completion_ids_BC, logprobs_BC, stop_ids,
                           group_size)
+
+
+class Sampler:
+    """What the rollout collector calls, whatever draws the tokens."""
+
+    sync_seconds = 0.0  # time spent pushing the policy's weights to another engine (part of sampling)
+
+    def sample(self, prompts: list[str], group_size: int) -> Rollout:
+        raise NotImplementedError
+
+    def after_update(self) -> None:
+        """The policy changed (an optimiser step)."""
+
+    def close(self) -> None:
+        """Release what the sampler holds."""
+
+
+class LocalSampler(Sampler):
+    """The policy itself samples, in this process: the cached loop or `generate` (sampling.engine).
+    A sharded policy decodes on gathered weights, so no collective runs per token."""
+
+    def __init__(self, model, tokenizer, config, backend):
+        self.model, self.tokenizer, self.config, self.backend = model, tokenizer, config, backend
+
+    def sample(self, prompts: list[str], group_size: int) -> Rollout:
+        s = self.config.sampling
+        with self.backend.full_weights(self.model) as whole:
+            return sample(whole, self.tokenizer, prompts, group_size=group_size, max_new_tokens=s.max_new_tokens,
+                          temperature=s.temperature, engine=s.engine)
 
 
 def finish_rollout(tokenizer, prompt_ids_BP, prompt_mask_BP, completion_ids_BC, logprobs_BC, stop_ids: list[int],

@@ -3,7 +3,7 @@
 The value model is the policy checkpoint's transformer backbone (`AutoModel`, e.g. `LlamaModel`: no LM
 head) plus a scalar head `nn.Linear(hidden_size, 1)`. It is a separate model on purpose: a second set of
 weights, gradients and AdamW moments is exactly the memory GRPO claims to save, and keeping it separate
-lets `count_parameters` / `parameter_bytes` report that cost rather than hide it in a shared trunk.
+lets `parameter_bytes` report that cost rather than hide it in a shared trunk.
 
 Alignment matches `grpokit.logprobs.completion_logprobs`: input_ids_BT is [left-padded prompt | completion],
 and the logits at position t predict token t + 1, so completion token j is chosen from the state at
@@ -23,8 +23,7 @@ from torch import nn
 
 from grpokit.errors import GrpokitError
 from grpokit.logprobs import position_ids_from_mask
-from grpokit.modeling import _check_exists, resolve_device
-from grpokit.sharding import local_numel
+from grpokit.modeling import resolve_device
 
 HEAD_FILE = "value_head.safetensors"
 
@@ -51,14 +50,6 @@ class ValueModel(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = head
-
-    @classmethod
-    def from_policy(cls, path: str, *, device: str | torch.device, trust_remote_code: bool = False,
-                    seed: int = 0) -> ValueModel:
-        """The backbone of the causal LM at `path` (its trained weights, float32) with a fresh small head."""
-        _check_exists(path)
-        backbone = _load_backbone(path, trust_remote_code, what="a causal LM")
-        return cls(backbone, _new_head(backbone, seed)).to(_device(device)).eval()
 
     @classmethod
     def from_backbone(cls, policy: nn.Module, *, seed: int = 0) -> ValueModel:
@@ -134,14 +125,9 @@ class ValueModel(nn.Module):
         return self(input_ids_BT, attention_mask_BT, prompt_len)
 
 
-def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
-    """Number of parameters (tied/shared ones counted once, as `parameters()` yields them once)."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
 def parameter_bytes(module: nn.Module) -> int:
     """Bytes held by the parameters themselves (no gradients, optimiser state or buffers)."""
-    return sum(local_numel(p) * p.element_size() for p in module.parameters())  # this process's shard under FSDP
+    return sum(p.numel() * p.element_size() for p in module.parameters())
 
 
 def _new_head(backbone: nn.Module, seed: int) -> nn.Linear:

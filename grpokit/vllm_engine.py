@@ -30,21 +30,19 @@ import torch
 
 from grpokit.batching import encode_prompts, pad_id
 from grpokit.errors import GrpokitError
-from grpokit.sampler import Rollout, finish_rollout
-from grpokit.sharding import full_weights
+from grpokit.sampler import Rollout, Sampler, finish_rollout, stop_token_ids
 
 
-def inference_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
+def inference_weights(model, backend=None) -> Iterator[tuple[str, torch.Tensor]]:
     """(name, tensor) pairs of the policy as a plain Hugging Face checkpoint would name them, which is
     what vLLM's `load_weights` reads. Every process must iterate it, in the same order:
     - FSDP shards are gathered one tensor at a time (`full_tensor`, a collective);
     - LoRA adapters are added to their base weights out of place, in float32. Merging into the module
       and unmerging again would round the frozen base in bfloat16 a little at every push, and the
-      base is the KL reference."""
-    from grpokit import zero
-
-    if zero.is_zero3(model):  # DeepSpeed ZeRO-3: gathered whole for the push
-        with full_weights(model) as whole:
+      base is the KL reference.
+    `backend` (a `grpokit.parallel.Backend`) gathers weights it splits otherwise (DeepSpeed ZeRO-3)."""
+    if backend is not None:
+        with backend.exported(model) as whole:
             yield from inference_weights(whole)
         return
     deltas = _lora_deltas(model)
@@ -95,11 +93,13 @@ def _sampled_logprobs(token_ids: list[int], logprobs) -> list[float]:
     return out
 
 
-class VLLMSampler:
-    """Draws G completions per prompt with vLLM and keeps vLLM's weights equal to the policy's."""
+class VLLMSampler(Sampler):
+    """Draws G completions per prompt with vLLM and keeps vLLM's weights equal to the policy's
+    (pushed before the first sampling after each update)."""
 
-    def __init__(self, config, model_path: str, world, seed: int):
-        self.config, self.world = config, world
+    def __init__(self, config, model_path: str, backend, seed: int, *, model, tokenizer):
+        self.config, self.backend, self.world = config, backend, backend.world
+        self.model, self.tokenizer = model, tokenizer
         self.mode = config.vllm.mode
         self.synced = False  # vLLM starts from the checkpoint on disk, which need not be the policy (warm-up, resume)
         self.sync_seconds = 0.0
@@ -165,10 +165,10 @@ class VLLMSampler:
         started = time.perf_counter()
         if self.mode == "colocate":
             self._wake()  # stays awake: sampling follows
-            self._colocated_model_call(lambda m: m.load_weights(inference_weights(model)))
+            self._colocated_model_call(lambda m: m.load_weights(inference_weights(model, self.backend)))
             self.llm.reset_prefix_cache()  # cached prompts were computed with the old weights
         else:
-            weights = inference_weights(model)  # iterated on every process: gathering is a collective
+            weights = inference_weights(model, self.backend)  # iterated on every process: gathering is a collective
             if self.world.is_main:
                 # one update for all tensors where the client groups them (TRL >= 1.x), else one per tensor
                 batch = getattr(self.client, "weight_update", contextlib.nullcontext)
@@ -197,13 +197,18 @@ class VLLMSampler:
                 return
         self.llm.apply_model(fn)
 
-    def mark_stale(self) -> None:
+    def after_update(self) -> None:
         """The policy changed (an optimiser step): sync before the next sampling."""
         self.synced = False
 
     # ------------------------------------------------------------------ sampling
-    def sample(self, model, tokenizer, prompts: list[str], *, group_size: int, max_new_tokens: int,
-               temperature: float, stop_ids: list[int]) -> Rollout:
+    def sample(self, prompts: list[str], group_size: int, *, max_new_tokens: int | None = None,
+               temperature: float | None = None) -> Rollout:
+        """sampling.max_new_tokens and sampling.temperature unless given."""
+        s, model, tokenizer = self.config.sampling, self.model, self.tokenizer
+        max_new_tokens = s.max_new_tokens if max_new_tokens is None else max_new_tokens
+        temperature = s.temperature if temperature is None else temperature
+        stop_ids = stop_token_ids(tokenizer, model)
         if not self.synced:
             self.sync(model)
         prompt_ids_NP, prompt_mask_NP = encode_prompts(tokenizer, prompts)

@@ -88,6 +88,7 @@ def test_chunks_hold_only_a_chunk_of_logits(model_and_batch, monkeypatch):
 def test_grpo_update_with_chunks_equals_whole(tiny_model_and_tokenizer, model_and_batch, monkeypatch):
     from grpokit.config import load_config
     from grpokit.methods.grpo import grpo_update
+    from grpokit.parallel import single_process
     from grpokit.sampler import Rollout
 
     model, batch = model_and_batch
@@ -105,7 +106,7 @@ def test_grpo_update_with_chunks_equals_whole(tiny_model_and_tokenizer, model_an
             for p in policy.parameters():
                 p.add_(0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
         optimizer = torch.optim.SGD(policy.parameters(), lr=1.0)
-        metrics = grpo_update(policy, optimizer, None, rollout, advantages, config, ref_model=ref)
+        metrics = grpo_update(policy, optimizer, None, rollout, advantages, config, single_process(), ref_model=ref)
         return policy, metrics
 
     whole, m_whole = update(WHOLE)

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grpokit.config import load_config
 from grpokit.methods.grpo import grpo_update
+from grpokit.parallel import single_process
 
 HERE = Path(__file__).parent
 SCRIPT = HERE / "fixtures" / "distributed" / "run.py"
@@ -51,7 +52,8 @@ def test_two_processes_make_the_update_of_one_process_with_accumulation(tiny_hom
     extra = [f"optim.max_grad_norm={max_grad_norm}"]
     config = load_config(None, UPDATE_OVERRIDES + [f"optim.micro_batch_size={len(rollout.tokens) // 4}"] + extra)
     ref = AutoModelForCausalLM.from_pretrained(tiny_home["model"]).requires_grad_(False)
-    grpo_update(model, torch.optim.SGD(model.parameters(), lr=1.0), None, rollout, advantages, config, ref)
+    grpo_update(model, torch.optim.SGD(model.parameters(), lr=1.0), None, rollout, advantages, config, single_process(),
+                ref)
     two = load_file(out)
     for name, value in model.state_dict().items():
         torch.testing.assert_close(two[name], value, atol=1e-6, rtol=0, msg=name)
@@ -125,7 +127,7 @@ def test_a_batch_that_does_not_split_evenly_is_refused_before_training():
     import pytest
 
     from grpokit.errors import GrpokitError
-    from grpokit.trainer import check_world
+    from grpokit.inputs import check_world
 
     config = load_config(None, ["sampling.prompts_per_step=16", "warmup.steps=0"])
     check_world(config, SimpleNamespace(size=4))  # 16 prompts over 4 processes: fine
@@ -184,19 +186,21 @@ def test_fsdp_through_the_accelerate_config_trains_saves_and_resumes(tiny_home, 
 ])
 def test_launch_settings_grpokit_cannot_honour_are_refused_before_loading(monkeypatch, env, overrides, message):
     from grpokit.errors import GrpokitError
-    from grpokit.sharding import check_launch
+    from grpokit.methods import shardable_methods
+    from grpokit.parallel import check_launch
 
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     with pytest.raises(GrpokitError, match=message):
-        check_launch(load_config(None, overrides))
+        check_launch(load_config(None, overrides), shardable_methods())
 
 
 def test_no_sharding_asked_means_nothing_refused(monkeypatch):
-    from grpokit.sharding import check_launch
+    from grpokit.methods import shardable_methods
+    from grpokit.parallel import check_launch
 
     monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
-    check_launch(load_config(None, ["train.method=ppo", "lora.enabled=true"]))
+    check_launch(load_config(None, ["train.method=ppo", "lora.enabled=true"]), shardable_methods())
 
 
 @pytest.mark.parametrize("stage", [2, 3])

@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 
 from grpokit.config import load_config
-from grpokit.trainer import prepare_inputs, train
+from grpokit.inputs import prepare_inputs
+from grpokit.trainer import train
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "gsm8k_grpo.yaml"

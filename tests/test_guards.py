@@ -10,6 +10,7 @@ from grpokit.cli import main
 from grpokit.config import load_config
 from grpokit.methods.grpo import grpo_update
 from grpokit.optim import build_optimizer
+from grpokit.parallel import single_process
 from grpokit.sampler import sample
 
 
@@ -35,12 +36,12 @@ def test_nan_step_leaves_parameters_and_optimizer_bitwise_unchanged(tiny_model_a
     config = load_config(None, ["optim.lr=0.01"])
     optimizer = build_optimizer(model, config.optim)
     advantages = torch.tensor([1.0, -1.0, 0.5, -0.5])
-    grpo_update(model, optimizer, None, rollout, advantages, config)  # one real step: Adam has state
+    grpo_update(model, optimizer, None, rollout, advantages, config, single_process())  # one real step: Adam has state
     params = {n: p.detach().clone() for n, p in model.named_parameters()}
     state = copy.deepcopy(optimizer.state_dict())
 
     monkeypatch.setattr(grpo_module, "grpo_loss", _nan_at({1}))
-    metrics = grpo_update(model, optimizer, None, rollout, advantages, config)
+    metrics = grpo_update(model, optimizer, None, rollout, advantages, config, single_process())
     assert metrics["skipped_updates"] == 1
     for n, p in model.named_parameters():
         assert torch.equal(p, params[n]), n

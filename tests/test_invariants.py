@@ -7,6 +7,7 @@ import torch
 
 from grpokit.config import load_config
 from grpokit.methods.grpo import grpo_update
+from grpokit.parallel import single_process
 from grpokit.sampler import sample
 
 
@@ -32,7 +33,7 @@ def _update(model, rollout, micro_batch_size, overrides):
     # would turn float rounding in near-zero gradients into full-size differences.)
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     advantages = torch.tensor([1.0, -0.5, 0.25, -0.75, 0.0, 2.0, -1.0, -1.0])
-    metrics = grpo_update(model, optimizer, None, rollout, advantages, config, ref_model=ref)
+    metrics = grpo_update(model, optimizer, None, rollout, advantages, config, single_process(), ref_model=ref)
     return model, metrics
 
 
@@ -59,7 +60,7 @@ def test_one_batch_of_8_equals_8_micro_batches_of_1(tiny_model_and_tokenizer, ro
 
 def _step(model, rollout, advantages, optimizer, overrides):
     config = load_config(None, ["optim.max_grad_norm=0", "sampling.max_new_tokens=10", *overrides])
-    return grpo_update(model, optimizer, None, rollout, advantages, config)
+    return grpo_update(model, optimizer, None, rollout, advantages, config, single_process())
 
 
 @pytest.mark.parametrize("aggregation", ["token", "sequence", "constant"])

@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from grpokit.losses import BatchNorm, grpo_loss, k3_kl, sft_loss
+from grpokit.losses import LossNormalizers, grpo_loss, k3_kl, sft_loss
 
 # Two sequences: lengths 3 and 1 (second sequence is padded with two masked tokens).
 MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
-NORM = BatchNorm(num_sequences=2, num_tokens=4, max_len=5)
+NORM = LossNormalizers(num_sequences=2, num_tokens=4, max_len=5)
 
 
 def test_on_policy_loss_value_is_minus_mean_advantage_per_aggregation():
@@ -46,7 +46,7 @@ def test_clipping_by_hand():
     old = torch.zeros(1, 3)
     logp = torch.tensor([[0.5, 0.0, -0.5]])
     mask = torch.ones(1, 3)
-    norm = BatchNorm(1, 3, 3)
+    norm = LossNormalizers(1, 3, 3)
     r = [math.exp(0.5), 1.0, math.exp(-0.5)]
     # A = +1: min(r, clip(r, 0.8, 1.2)) = [1.2, 1.0, 0.6065] (the first is clipped)
     loss, m = grpo_loss(logp, old, torch.tensor([1.0]), mask, norm, clip_low=0.2, clip_high=0.2)
@@ -64,7 +64,7 @@ def test_clipping_by_hand():
 def test_clipped_tokens_carry_no_gradient():
     old = torch.zeros(1, 2)
     logp = torch.tensor([[0.5, 0.0]], requires_grad=True)
-    loss, _ = grpo_loss(logp, old, torch.tensor([1.0]), torch.ones(1, 2), BatchNorm(1, 2, 2))
+    loss, _ = grpo_loss(logp, old, torch.tensor([1.0]), torch.ones(1, 2), LossNormalizers(1, 2, 2))
     loss.backward()
     assert logp.grad[0, 0].item() == 0.0  # ratio 1.65 > 1.2 with A > 0: clipped, constant
     assert logp.grad[0, 1].item() == pytest.approx(-0.5)  # -A * ratio / num_tokens = -1 * 1 / 2
@@ -78,7 +78,7 @@ def test_k3_kl_by_hand_and_in_loss():
     torch.testing.assert_close(kl, torch.tensor([[math.exp(-0.5) - 0.5, math.e - 2.0]]))
     assert (kl >= 0).all()
     # with A = 0 the loss is beta * mean KL
-    loss, m = grpo_loss(logp, logp.detach(), torch.tensor([0.0]), torch.ones(1, 2), BatchNorm(1, 2, 2),
+    loss, m = grpo_loss(logp, logp.detach(), torch.tensor([0.0]), torch.ones(1, 2), LossNormalizers(1, 2, 2),
                         beta=0.04, ref_logp_BT=ref)
     assert loss.item() == pytest.approx(0.04 * (math.exp(-0.5) - 0.5 + math.e - 2.0) / 2)
     assert m["kl_sum"] == pytest.approx(math.exp(-0.5) - 0.5 + math.e - 2.0)
@@ -92,7 +92,7 @@ def test_k3_kl_keeps_small_values_in_float32():
 
 def test_beta_without_reference_is_an_error():
     with pytest.raises(ValueError):
-        grpo_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1), torch.ones(1, 1), BatchNorm(1, 1, 1),
+        grpo_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1), torch.ones(1, 1), LossNormalizers(1, 1, 1),
                   beta=0.1)
 
 
@@ -148,12 +148,12 @@ def test_sampler_importance_weights_by_hand():
 
 
 def test_importance_weights_scale_the_surrogate_not_the_kl():
-    from grpokit.losses import BatchNorm, grpo_loss, k3_kl
+    from grpokit.losses import LossNormalizers, grpo_loss, k3_kl
 
     logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
     ref = torch.tensor([[-1.5, -1.0]])
     mask, adv, w = torch.ones(1, 2), torch.tensor([2.0]), torch.tensor([[0.5, 3.0]])
-    norm = BatchNorm(num_sequences=1, num_tokens=2, max_len=2)
+    norm = LossNormalizers(num_sequences=1, num_tokens=2, max_len=2)
     loss, _ = grpo_loss(logp, logp.detach(), adv, mask, norm, beta=0.1, ref_logp_BT=ref, is_weights_BT=w)
     # on-policy surrogate per token is -A = -2; weighted: -1, -6; KL unweighted
     expected = ((-2.0 * w) + 0.1 * k3_kl(logp.detach(), ref)).sum() / 2

@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from grpokit.losses import BatchNorm, cispo_loss, grpo_loss, gspo_loss, k2_kl, k3_kl
+from grpokit.losses import LossNormalizers, cispo_loss, grpo_loss, gspo_loss, k2_kl, k3_kl
 
 # Two sequences of lengths 3 and 2 (the last token of sequence 1 is padding, with an arbitrary log-ratio 5).
 MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
-NORM = BatchNorm(num_sequences=2, num_tokens=5, max_len=4)
+NORM = LossNormalizers(num_sequences=2, num_tokens=5, max_len=4)
 # logp - old = [[0.1, 0.2, 0.3], [-0.1, -0.3, (pad) 5.0]], as after a first update (num_iterations > 1)
 LOGP = [[-1.0, -0.5, -2.0], [-0.4, -1.2, -7.0]]
 OLD = [[-1.1, -0.7, -2.3], [-0.3, -0.9, -12.0]]
@@ -79,7 +79,7 @@ def test_gspo_by_hand_ratio_out_of_range_but_not_clipped(level):
 def test_gspo_lower_clip_and_paper_defaults():
     # Lower side: s_1 = e^-0.3 (one token, log-ratio -0.3) < 0.8 with A = -2: min(-1.48164, 0.8 * -2 = -1.6) = -1.6
     logp = torch.tensor([[-1.0]], requires_grad=True)
-    loss, m = gspo_loss(logp, torch.tensor([[-0.7]]), torch.tensor([-2.0]), torch.ones(1, 1), BatchNorm(1, 1, 1),
+    loss, m = gspo_loss(logp, torch.tensor([[-0.7]]), torch.tensor([-2.0]), torch.ones(1, 1), LossNormalizers(1, 1, 1),
                         clip_low=0.2, clip_high=0.2)
     assert loss.item() == pytest.approx(1.6) and m["clipped_sequences"] == 1
     loss.backward()
@@ -87,10 +87,10 @@ def test_gspo_lower_clip_and_paper_defaults():
     # Paper defaults (3e-4 / 4e-4): a mean log-ratio of 1e-3 is already clipped with A > 0, 2e-4 is not
     for mean_log_ratio, clipped in ((1e-3, 1), (2e-4, 0), (-2e-4, 0), (-1e-3, 0)):
         _, m = gspo_loss(torch.full((1, 4), mean_log_ratio), torch.zeros(1, 4), torch.tensor([1.0]),
-                         torch.ones(1, 4), BatchNorm(1, 4, 4))
+                         torch.ones(1, 4), LossNormalizers(1, 4, 4))
         assert m["clipped_sequences"] == clipped, mean_log_ratio
     _, m = gspo_loss(torch.full((1, 4), -1e-3), torch.zeros(1, 4), torch.tensor([-1.0]), torch.ones(1, 4),
-                     BatchNorm(1, 4, 4))
+                     LossNormalizers(1, 4, 4))
     assert m["clipped_sequences"] == 1  # lower side, A < 0
 
 
@@ -181,7 +181,7 @@ def test_gspo_matches_trl_style_reference(level, beta):
     logp = (old + 0.15 * torch.randn(B, T, generator=gen, dtype=torch.float64)).requires_grad_(True)
     ref = old + 0.3 * torch.randn(B, T, generator=gen, dtype=torch.float64)
     adv = torch.randn(B, generator=gen, dtype=torch.float64)
-    ours, m = gspo_loss(logp, old, adv, mask, BatchNorm(B, int(mask.sum()), T), clip_low=0.05, clip_high=0.08,
+    ours, m = gspo_loss(logp, old, adv, mask, LossNormalizers(B, int(mask.sum()), T), clip_low=0.05, clip_high=0.08,
                         level=level, beta=beta, ref_logp_BT=ref)
     theirs = _trl_style(logp, old, ref, adv, mask, loss="gspo", level=level, eps_low=0.05, eps_high=0.08,
                         beta=beta, num_tokens=None)
@@ -201,7 +201,7 @@ def test_cispo_matches_trl_style_reference(beta):
     adv = torch.randn(B, generator=gen, dtype=torch.float64)
     num_tokens = int(mask.sum())
     # TRL's cap epsilon_high = 1.3 is our 1 + clip_high with clip_high = 0.3; no lower bound in either
-    ours, m = cispo_loss(logp, old, adv, mask, BatchNorm(B, num_tokens, T), clip_high=0.3, beta=beta,
+    ours, m = cispo_loss(logp, old, adv, mask, LossNormalizers(B, num_tokens, T), clip_high=0.3, beta=beta,
                          ref_logp_BT=ref)
     theirs = _trl_style(logp, old, ref, adv, mask, loss="cispo", level="token", eps_low=None, eps_high=1.3,
                         beta=beta, num_tokens=num_tokens)
@@ -230,7 +230,8 @@ def test_gspo_plain_float_reference():
             for t in range(n):
                 grads[i][t] = -adv[i] * s / n / B
     for level in ("sequence", "sequence_token"):
-        loss, _ = gspo_loss(logp, old, torch.tensor(adv, dtype=torch.float64), mask, BatchNorm(B, sum(lengths), T),
+        norm = LossNormalizers(B, sum(lengths), T)
+        loss, _ = gspo_loss(logp, old, torch.tensor(adv, dtype=torch.float64), mask, norm,
                             clip_low=0.1, clip_high=0.1, level=level)
         assert loss.item() == pytest.approx(total)
         (g,) = torch.autograd.grad(loss, logp)
@@ -246,7 +247,7 @@ def test_gspo_levels_agree_in_value_and_gradient(aggregation):
     mask = (torch.arange(T)[None] < torch.randint(1, T + 1, (B, 1), generator=gen)).float()
     old = -torch.rand(B, T, generator=gen)
     adv = torch.randn(B, generator=gen)
-    norm = BatchNorm(B, int(mask.sum()), T)
+    norm = LossNormalizers(B, int(mask.sum()), T)
     for spread, clip in ((0.0, 3e-4), (0.3, 0.1)):  # on-policy (nothing clips), then some clipping
         logp = (old + spread * torch.randn(B, T, generator=gen)).requires_grad_(True)
         out = {}
@@ -295,7 +296,7 @@ def test_k2_by_hand_and_k3_default_is_unchanged():
     ref = torch.tensor([[-1.5, -1.0]])
     # k2 = 0.5 (logp - ref)^2 = [0.5 * 0.25, 0.5 * 1] = [0.125, 0.5]; gradient logp - ref = [0.5, -1]
     torch.testing.assert_close(k2_kl(logp, ref), torch.tensor([[0.125, 0.5]]))
-    loss, m = grpo_loss(logp, logp.detach(), torch.tensor([0.0]), torch.ones(1, 2), BatchNorm(1, 2, 2), beta=1.0,
+    loss, m = grpo_loss(logp, logp.detach(), torch.tensor([0.0]), torch.ones(1, 2), LossNormalizers(1, 2, 2), beta=1.0,
                         ref_logp_BT=ref, kl_estimator="k2")
     assert loss.item() == pytest.approx(0.625 / 2) and m["kl_sum"] == pytest.approx(0.625)
     loss.backward()
@@ -303,7 +304,7 @@ def test_k2_by_hand_and_k3_default_is_unchanged():
     # the default is k3, bit for bit the same as naming it
     gen = torch.Generator().manual_seed(4)
     lp, old, rf = (torch.randn(4, 6, generator=gen) for _ in range(3))
-    adv, mask, norm = torch.randn(4, generator=gen), torch.ones(4, 6), BatchNorm(4, 24, 6)
+    adv, mask, norm = torch.randn(4, generator=gen), torch.ones(4, 6), LossNormalizers(4, 24, 6)
     default, _ = grpo_loss(lp, old, adv, mask, norm, beta=0.04, ref_logp_BT=rf)
     named, _ = grpo_loss(lp, old, adv, mask, norm, beta=0.04, ref_logp_BT=rf, kl_estimator="k3")
     by_hand = ((-torch.minimum(torch.exp(lp - old) * adv[:, None],
@@ -327,7 +328,7 @@ def _expected_gradient_as_used(theta, ref_logp, estimator):
     for y in range(3):
         logp = logp_all[y].reshape(1, 1)
         loss, _ = grpo_loss(logp, logp.detach(), torch.zeros(1, dtype=torch.float64), torch.ones(1, 1),
-                            BatchNorm(1, 1, 1), beta=1.0, ref_logp_BT=ref_logp[y].reshape(1, 1),
+                            LossNormalizers(1, 1, 1), beta=1.0, ref_logp_BT=ref_logp[y].reshape(1, 1),
                             kl_estimator=estimator)
         (g,) = torch.autograd.grad(loss, theta, retain_graph=True)  # logp_all is shared by the three
         total = total + logp_all[y].exp().detach() * g

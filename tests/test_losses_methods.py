@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from grpokit.losses import (
-    BatchNorm,
+    LossNormalizers,
     dpo_loss,
     gae,
     grpo_loss,
@@ -187,7 +187,7 @@ def test_ppo_value_loss_with_and_without_clipping_by_hand():
     old_values = torch.ones(1, 4)
     returns = torch.tensor([[2.0, 2.0, 0.0, -5.0]])
     mask = torch.tensor([[1, 1, 1, 0]])
-    loss, m = ppo_value_loss(values, old_values, returns, mask, BatchNorm(1, 3, 4), clip=0.2)
+    loss, m = ppo_value_loss(values, old_values, returns, mask, LossNormalizers(1, 3, 4), clip=0.2)
     assert loss.item() == pytest.approx(1.85 / 3, abs=1e-6)
     assert m["value_clipped_tokens"] == 1
     assert m["tokens"] == 3
@@ -201,7 +201,7 @@ def test_ppo_policy_loss_with_per_token_advantages_by_hand():
     # token 0: min(1.6487, 1.2) * 1 = 1.2 (clipped); token 1: -1; token 2: min(1.2131, 0.8 * 2 = 1.6) = 1.2131
     logp = torch.tensor([[0.5, 0.0, -0.5]])
     loss, m = ppo_policy_loss(logp, torch.zeros(1, 3), torch.tensor([[1.0, -1.0, 2.0]]), torch.ones(1, 3),
-                              BatchNorm(1, 3, 3))
+                              LossNormalizers(1, 3, 3))
     assert loss.item() == pytest.approx(-(1.2 - 1.0 + 2 * math.exp(-0.5)) / 3)
     assert m["clipped_tokens"] == 1
 
@@ -212,7 +212,7 @@ def test_ppo_policy_loss_matches_grpo_token_loss_for_per_sequence_advantages():
     old = logp - torch.tensor([[0.3, -0.3, 0.0], [0.1, 0.0, 0.0]])
     adv = torch.tensor([0.7, -1.3])
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
-    norm = BatchNorm(2, 4, 5)
+    norm = LossNormalizers(2, 4, 5)
     ppo, ppo_m = ppo_policy_loss(logp, old, adv[:, None].expand(2, 3), mask, norm)
     grpo, grpo_m = grpo_loss(logp, old, adv, mask, norm, aggregation="token")
     assert ppo.item() == pytest.approx(grpo.item())

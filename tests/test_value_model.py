@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -11,7 +9,7 @@ from safetensors.torch import load_file, save_file
 from grpokit.batching import encode_pairs
 from grpokit.errors import GrpokitError
 from grpokit.logprobs import position_ids_from_mask
-from grpokit.value_model import HEAD_FILE, ValueModel, count_parameters, parameter_bytes
+from grpokit.value_model import HEAD_FILE, ValueModel, parameter_bytes
 
 # Row 0 has the shorter prompt and the shorter completion, so in a batch it is padded on both sides.
 PROMPTS = ["What is 1 + 2?", "What is 37 + 48? Think first."]
@@ -19,8 +17,13 @@ COMPLETIONS = ["<think>1+2=3</think>", "<think>7+8=15 3+4+1=8</think><answer>85<
 
 
 @pytest.fixture(scope="module")
-def value_model(tiny_home):
-    return ValueModel.from_policy(str(tiny_home["model"]), device="cpu")
+def value_model(tiny_model_and_tokenizer):
+    lm, _ = tiny_model_and_tokenizer
+    return ValueModel.from_backbone(lm)
+
+
+def _count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,7 @@ def _with_head(vm, weight_H, bias=0.0):
     return other.eval()
 
 
-def test_from_policy_loads_the_trained_backbone(value_model, tiny_model_and_tokenizer):
+def test_from_backbone_copies_the_trained_backbone(value_model, tiny_model_and_tokenizer):
     lm, _ = tiny_model_and_tokenizer
     assert type(value_model.backbone).__name__ == "LlamaModel"  # no LM head
     assert torch.equal(value_model.backbone.embed_tokens.weight, lm.model.embed_tokens.weight)
@@ -53,8 +56,8 @@ def test_from_policy_loads_the_trained_backbone(value_model, tiny_model_and_toke
     assert value_model.head.bias.item() == 0.0 and value_model.head.weight.abs().sum() > 0
     assert value_model.head.weight.std() < 0.01
     hidden = value_model.head.in_features
-    assert count_parameters(value_model) == count_parameters(lm.model) + hidden + 1
-    assert parameter_bytes(value_model) == 4 * count_parameters(value_model)
+    assert _count(value_model) == _count(lm.model) + hidden + 1
+    assert parameter_bytes(value_model) == 4 * _count(value_model)
 
 
 def test_from_backbone_copies_the_policy_in_memory(tiny_home, value_model, batch):
@@ -76,29 +79,14 @@ def test_initial_values_are_near_zero(value_model, batch):
     assert values.abs().max() < 0.1
 
 
-def test_a_checkpoint_without_the_backbone_weights_is_refused(tiny_home, tmp_path):
+def test_a_saved_critic_without_its_backbone_weights_is_refused(value_model, tmp_path):
     # Keys that do not match the backbone would otherwise load "fine", leaving a random trunk behind a log line.
     folder = tmp_path / "renamed"
-    shutil.copytree(tiny_home["model"], folder)
+    value_model.save(folder)
     weights = load_file(str(folder / "model.safetensors"))
     save_file({"other." + k: v for k, v in weights.items()}, str(folder / "model.safetensors"), {"format": "pt"})
     with pytest.raises(GrpokitError, match="renamed.*missing"):
-        ValueModel.from_policy(str(folder), device="cpu")
-    with pytest.raises(GrpokitError, match="does not exist"):
-        ValueModel.from_policy(str(tmp_path / "no-such-model"), device="cpu")
-
-
-def test_an_untied_checkpoint_loads_without_its_lm_head(tmp_path):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    lm = LlamaForCausalLM(config)
-    lm.save_pretrained(tmp_path / "untied")
-    vm = ValueModel.from_policy(str(tmp_path / "untied"), device="cpu")  # lm_head.weight: unexpected, dropped
-    assert torch.equal(vm.backbone.norm.weight, lm.model.norm.weight)
-    assert torch.equal(vm.backbone.layers[0].self_attn.k_proj.weight, lm.model.layers[0].self_attn.k_proj.weight)
+        ValueModel.load(folder, device="cpu")
 
 
 def test_padded_row_matches_the_row_alone(value_model, batch):
@@ -169,7 +157,9 @@ def test_load_reports_a_missing_or_broken_folder(value_model, tmp_path):
 
 
 def test_a_gradient_step_trains_head_and_backbone(tiny_home, batch):
-    vm = ValueModel.from_policy(str(tiny_home["model"]), device="cpu").train()
+    from transformers import AutoModelForCausalLM
+
+    vm = ValueModel.from_backbone(AutoModelForCausalLM.from_pretrained(tiny_home["model"])).train()
     assert vm.backbone.training
     head_before = vm.head.weight.detach().clone()
     layer = vm.backbone.layers[0].self_attn.q_proj.weight

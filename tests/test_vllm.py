@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from grpokit.config import LoRAConfig, load_config
-from grpokit.distributed import world
 from grpokit.logprobs import token_logprobs
+from grpokit.parallel import single_process
 from grpokit.sampler import stop_token_ids
 from grpokit.trainer import train
 
@@ -42,21 +42,20 @@ def _prompts(tokenizer, questions=("What is 1 + 2?", "What is 30 + 45?")):
             for q in questions]
 
 
-def _sampler(tiny_home, *overrides):
+def _sampler(tiny_home, model, tokenizer, *overrides):
     from grpokit.vllm_engine import VLLMSampler
 
     config = load_config(None, [f"model.path={tiny_home['model']}", "sampling.engine=vllm", *overrides])
-    return VLLMSampler(config, str(tiny_home["model"]), world(), seed=0)
+    return VLLMSampler(config, str(tiny_home["model"]), single_process(), seed=0, model=model, tokenizer=tokenizer)
 
 
 def test_a_vllm_rollout_has_the_trainers_layout_and_log_probs(tiny_home, tiny_model_and_tokenizer, fake_vllm):
     model, tokenizer = tiny_model_and_tokenizer
-    sampler = _sampler(tiny_home)
+    sampler = _sampler(tiny_home, model, tokenizer)
     started = fake_vllm.CALLS[0]
     assert started[0] == "LLM" and started[2]["logprobs_mode"] == "processed_logprobs"  # after temperature
     torch.manual_seed(0)
-    rollout = sampler.sample(model, tokenizer, _prompts(tokenizer), group_size=3, max_new_tokens=40, temperature=0.7,
-                             stop_ids=stop_token_ids(tokenizer, model))
+    rollout = sampler.sample(_prompts(tokenizer), 3, max_new_tokens=40, temperature=0.7)
     assert [c[0] for c in fake_vllm.CALLS[1:]] == ["load_weights", "reset_prefix_cache", "generate"]  # synced first
     assert rollout.external_sampler and len(rollout.tokens) == 6 and rollout.group_size == 3
     mask = rollout.tokens.completion_mask_BC
@@ -78,8 +77,7 @@ def test_a_stop_token_left_out_by_the_engine_is_put_back(tiny_home, tiny_model_a
     monkeypatch.setenv("FAKE_VLLM_DROP_STOP", "1")
     model, tokenizer = tiny_model_and_tokenizer
     torch.manual_seed(0)
-    rollout = _sampler(tiny_home).sample(model, tokenizer, _prompts(tokenizer), group_size=3, max_new_tokens=40,
-                                         temperature=0.7, stop_ids=stop_token_ids(tokenizer, model))
+    rollout = _sampler(tiny_home, model, tokenizer).sample(_prompts(tokenizer), 3, max_new_tokens=40, temperature=0.7)
     ended = (~rollout.truncated_B).nonzero().flatten().tolist()
     assert ended  # without the fix they would all look truncated, and the model would never learn to stop
     for i in ended:
@@ -139,7 +137,7 @@ def test_training_pushes_the_policy_to_vllm_before_every_sampling(tiny_home, tmp
     # the control: without the push after each update, vLLM samples from stale weights, and it shows
     from grpokit.vllm_engine import VLLMSampler
 
-    monkeypatch.setattr(VLLMSampler, "mark_stale", lambda self: None)
+    monkeypatch.setattr(VLLMSampler, "after_update", lambda self: None)
     train(_train_config(tiny_home, tmp_path / "stale"))
     stale = _train_rows(tmp_path / "stale")
     assert stale[0]["sampler_logprob_gap"] < 1e-4 and stale[-1]["sampler_logprob_gap"] > 1e-3
@@ -205,7 +203,7 @@ def test_without_vllm_installed_the_error_says_how_to_get_it(tiny_home, monkeypa
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm raises ImportError
     with pytest.raises(GrpokitError, match=r"pip install 'grpokit\[vllm\]'"):
-        _sampler(tiny_home)
+        _sampler(tiny_home, None, None)
 
 
 @pytest.mark.skipif(not REAL_VLLM, reason="needs vLLM and a CUDA GPU (pip install 'grpokit[vllm]')")
@@ -222,12 +220,11 @@ def test_real_vllm_samples_the_policy_after_a_weight_push(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(home["model"])
     config = load_config(None, [f"model.path={home['model']}", "sampling.engine=vllm",
                                 "vllm.gpu_memory_utilization=0.2"])
-    sampler = VLLMSampler(config, str(home["model"]), world(), seed=0)
+    sampler = VLLMSampler(config, str(home["model"]), single_process(), seed=0, model=model, tokenizer=tokenizer)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    rollout = sampler.sample(model, tokenizer, _prompts(tokenizer), group_size=4, max_new_tokens=16, temperature=1.0,
-                             stop_ids=stop_token_ids(tokenizer, model))
+    rollout = sampler.sample(_prompts(tokenizer), 4, max_new_tokens=16, temperature=1.0)
     with torch.no_grad():
         trainer_logp = token_logprobs(model, rollout.tokens.to("cuda"), 1.0).cpu()
     mask = rollout.tokens.completion_mask_BC.bool()

@@ -16,7 +16,8 @@ orpo         dataset (chosen, rejected) pairs          ORPO                     
 
 from __future__ import annotations
 
-from grpokit.methods.base import Method, ScoredGroups
+from grpokit.errors import GrpokitError
+from grpokit.methods.base import Method, ScoredGroups, UpdateResult
 from grpokit.methods.grpo import GRPO, RLOO
 from grpokit.methods.ppo import PPO
 from grpokit.methods.preference import DPO, ORPO, OnlineDPO, OnlineORPO
@@ -26,7 +27,25 @@ METHODS: dict[str, type[Method]] = {
     "grpo": GRPO, "rloo": RLOO, "rft": RFT, "online_dpo": OnlineDPO, "online_orpo": OnlineORPO, "ppo": PPO,
     "sft": SFT, "dpo": DPO, "orpo": ORPO,
 }
-ONLINE = tuple(name for name, cls in METHODS.items() if cls.online)
-PAIR_DATA = ("dpo", "orpo")  # offline methods whose rows are preference pairs
 
-__all__ = ["METHODS", "ONLINE", "PAIR_DATA", "Method", "ScoredGroups"]
+
+def method_class(config) -> type[Method]:
+    """The class of config.train.method, after its own checks of the config (before any model loads)."""
+    cls = METHODS.get(config.train.method)
+    if cls is None:
+        raise GrpokitError(f"config key 'train.method' is {config.train.method!r}; expected one of "
+                           f"{', '.join(METHODS)}.")
+    cls.check_config(config)
+    return cls
+
+
+def online_methods() -> tuple[str, ...]:
+    return tuple(name for name, cls in METHODS.items() if cls.online)
+
+
+def shardable_methods() -> tuple[str, ...]:
+    return tuple(name for name, cls in METHODS.items() if cls.can_shard)
+
+
+__all__ = ["METHODS", "Method", "ScoredGroups", "UpdateResult", "method_class", "online_methods",
+           "shardable_methods"]

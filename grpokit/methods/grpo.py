@@ -18,13 +18,10 @@ import torch
 from grpokit.advantages import group_advantages, zero_variance_groups
 from grpokit.batching import micro_batches
 from grpokit.config import Config
-from grpokit.distributed import world
 from grpokit.logprobs import token_logprobs
-from grpokit.losses import BatchNorm, grpo_loss, sampler_importance_weights
-from grpokit.methods.base import Method, ScoredGroups
-from grpokit.optim import optimizer_step
+from grpokit.losses import LossNormalizers, grpo_loss, sampler_importance_weights
+from grpokit.methods.base import Method, ScoredGroups, UpdateResult
 from grpokit.sampler import Rollout
-from grpokit.sharding import backward, in_lockstep
 
 
 def compute_advantages(rewards_B: torch.Tensor, group_size: int, cfg, *, baseline: str | None = None,
@@ -39,21 +36,22 @@ def compute_advantages(rewards_B: torch.Tensor, group_size: int, cfg, *, baselin
 
 
 def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: torch.Tensor, config: Config,
-                ref_model=None) -> dict[str, float]:
-    """num_iterations optimiser steps on one rollout; returns summed-then-averaged metrics."""
+                backend, ref_model=None) -> dict[str, float]:
+    """num_iterations optimiser steps on one rollout through `backend` (a `grpokit.parallel.Backend`);
+    returns summed-then-averaged metrics."""
     cfg, device = config.grpo, next(model.parameters()).device
     tokens = rollout.tokens.to(device)
     advantages_B = advantages_B.to(device)
     temperature, share = config.sampling.temperature, config.train.share_prompt_forward
     mask_BC = tokens.completion_mask_BC
-    w = world()  # with several processes the normalisers count the whole step, every process's rows
-    norm = BatchNorm(num_sequences=int(w.sum(len(tokens))), num_tokens=int(w.sum(int(mask_BC.sum()))),
-                     max_len=config.sampling.max_new_tokens)
+    w = backend.world  # with several processes the normalisers count the whole step, every process's rows
+    norm = LossNormalizers(num_sequences=int(w.sum(len(tokens))), num_tokens=int(w.sum(int(mask_BC.sum()))),
+                           max_len=config.sampling.max_new_tokens)
     # With beta = 0 a completion whose advantage is exactly 0 (every member of an all-equal group)
     # has zero loss and zero gradient: leave it out of the forward and backward passes. The
     # normalisers above still count it, so the update is the same (tested to 1e-6).
     # Not under FSDP or DeepSpeed: there every process must run the same number of forward and backward passes.
-    skip_zero = cfg.skip_zero_advantage and cfg.beta == 0.0 and not in_lockstep(model)
+    skip_zero = cfg.skip_zero_advantage and cfg.beta == 0.0 and not backend.lockstep
     active = [i for i in range(len(tokens)) if not (skip_zero and advantages_B[i].item() == 0.0)]
     lengths_B = rollout.completion_lengths_B[active] if active else None
     chunks = [[active[j] for j in chunk] for chunk in micro_batches(len(active), config.optim.micro_batch_size,
@@ -63,7 +61,8 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
     started = time.perf_counter()
     if cfg.beta != 0.0:
         with torch.no_grad():
-            ref_logps = [token_logprobs(ref_model, tokens.select(rows), temperature, share) for rows in chunks]
+            ref_logps = [token_logprobs(ref_model, tokens.select(rows), temperature, share,
+                                        lockstep=backend.collective(ref_model)) for rows in chunks]
     reference_seconds = time.perf_counter() - started
 
     old_logps: list[torch.Tensor | None] = [None] * len(chunks)
@@ -77,7 +76,7 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
         iteration_loss = 0.0
         for i, rows in enumerate(chunks):
             batch = tokens.select(rows)
-            logp_BT = token_logprobs(model, batch, temperature, share)
+            logp_BT = token_logprobs(model, batch, temperature, share, lockstep=backend.collective(model))
             if iteration == 0:
                 # pi_old is the policy that sampled: numerically the current one (ratio 1, with gradient).
                 old_logps[i] = logp_BT.detach()
@@ -90,7 +89,7 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
                 aggregation=cfg.aggregation, is_weights_BT=is_weights[i],
             )
             # the loss is already normalised by the whole batch: no accumulation scaling
-            backward(model, loss, last=i == len(chunks) - 1)
+            backend.backward(model, loss, last=i == len(chunks) - 1)
             iteration_loss += loss.item()
             for key in ("clipped_tokens", "kl_sum", "tokens"):
                 totals[key] += metrics[key]
@@ -98,8 +97,8 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
             for param in model.parameters():
                 if param.requires_grad:
                     param.grad = torch.zeros_like(param)
-        grad_norm, stepped = optimizer_step(model, optimizer, scheduler, config.optim.max_grad_norm,
-                                            loss_is_finite=math.isfinite(iteration_loss))
+        grad_norm, stepped = backend.step(model, optimizer, scheduler, config.optim.max_grad_norm,
+                                          loss_is_finite=math.isfinite(iteration_loss))
         skipped += not stepped
         trailing_skips = 0 if stepped else trailing_skips + 1
         totals["loss"] += iteration_loss
@@ -140,19 +139,22 @@ def _sampler_correction(old_logp_BT, rollout: Rollout, rows: list[int], batch, m
 class GRPO(Method):
     """Group-normalised advantages (grpo.baseline, grpo.scale_by_std), clipped surrogate, optional KL."""
 
+    min_group_size = 2
+    can_shard = True
     advantage_rule: dict = {}
 
-    def needs_reference(self) -> bool:
-        return self.config.grpo.beta != 0.0
+    @classmethod
+    def needs_reference(cls, config) -> bool:
+        return config.grpo.beta != 0.0
 
     def optimizer_steps_per_step(self) -> int:
         return self.config.grpo.num_iterations
 
-    def update(self, optimizer, scheduler, ref_model, data: ScoredGroups) -> dict:
-        advantages_B, zero_variance = compute_advantages(data.rewards_B, data.group_size, self.config.grpo,
-                                                         **self.advantage_rule)
-        metrics = grpo_update(self.model, optimizer, scheduler, data.rollout, advantages_B, self.config, ref_model)
-        return {**metrics, "advantages_B": advantages_B, "zero_variance_fraction": zero_variance}
+    def update(self, optimizer, scheduler, ref_model, data: ScoredGroups) -> UpdateResult:
+        advantages_B, _ = compute_advantages(data.rewards_B, data.group_size, self.config.grpo, **self.advantage_rule)
+        metrics = grpo_update(self.model, optimizer, scheduler, data.rollout, advantages_B, self.config, self.backend,
+                              ref_model)
+        return UpdateResult(metrics, advantages_B)
 
 
 class RLOO(GRPO):

@@ -19,11 +19,8 @@ from pathlib import Path
 import torch
 
 from grpokit.batching import micro_batches
-from grpokit.distributed import world
-from grpokit.logprobs import token_logprobs
-from grpokit.losses import BatchNorm, gae, ppo_policy_loss, ppo_value_loss
-from grpokit.methods.base import Method, ScoredGroups
-from grpokit.optim import optimizer_step
+from grpokit.losses import LossNormalizers, gae, ppo_policy_loss, ppo_value_loss
+from grpokit.methods.base import Method, ScoredGroups, UpdateResult
 from grpokit.value_model import ValueModel, parameter_bytes
 
 
@@ -67,8 +64,10 @@ def token_rewards(rewards_B: torch.Tensor, lengths_B: torch.Tensor, logp_BT: tor
 
 
 class PPO(Method):
-    def __init__(self, config, model, tokenizer):
-        super().__init__(config, model, tokenizer)
+    trains_value_model = True
+
+    def __init__(self, config, model, tokenizer, backend):
+        super().__init__(config, model, tokenizer, backend)
         # The critic starts from the policy as PPO starts (after any warm-up): its features
         # already read the task; the head learns the values.
         self.value_model = ValueModel.from_backbone(_plain_policy(model)).to(self.device)
@@ -79,8 +78,9 @@ class PPO(Method):
         return torch.optim.AdamW(self.value_model.parameters(), lr=self.config.ppo.value_lr,
                                  weight_decay=o.weight_decay, betas=(o.adam_beta1, o.adam_beta2))
 
-    def needs_reference(self) -> bool:
-        return self.config.ppo.kl_coef != 0.0
+    @classmethod
+    def needs_reference(cls, config) -> bool:
+        return config.ppo.kl_coef != 0.0
 
     def optimizer_steps_per_step(self) -> int:
         return self.config.ppo.epochs
@@ -102,8 +102,8 @@ class PPO(Method):
         return 2 * parameter_bytes(self.value_model) + optimizer_bytes  # weights, gradients, AdamW moments
 
     # ------------------------------------------------------------------ the update
-    def update(self, optimizer, scheduler, ref_model, data: ScoredGroups) -> dict:
-        c, p = self.config, self.config.ppo
+    def update(self, optimizer, scheduler, ref_model, data: ScoredGroups) -> UpdateResult:
+        c, p, backend = self.config, self.config.ppo, self.backend
         T = c.sampling.temperature
         tokens = data.rollout.tokens.to(self.device)
         mask_BC = tokens.completion_mask_BC
@@ -112,7 +112,7 @@ class PPO(Method):
         batches = [tokens.select(rows) for rows in chunks]
 
         def logprobs(model, b):
-            return token_logprobs(model, b, T, c.train.share_prompt_forward)
+            return self.logprobs(model, b, T)
 
         def values(b):
             return self.value_model.values(b.input_ids(), b.attention_mask(), b.prompt_ids_BP.shape[1])
@@ -130,39 +130,39 @@ class PPO(Method):
         with torch.no_grad():
             old_logp_BC = full([logprobs(self.model, b) for b in batches])
             old_values_BC = full([values(b) for b in batches])
-            ref_logp_BC = full([logprobs(ref_model, b) for b in batches]) if self.needs_reference() else None
+            ref_logp_BC = full([logprobs(ref_model, b) for b in batches]) if self.needs_reference(c) else None
         rewards_BC = token_rewards(data.rewards_B.to(self.device), lengths_B, old_logp_BC, ref_logp_BC, mask_BC,
                                    p.kl_coef)
         advantages_BC, returns_BC = gae(rewards_BC, old_values_BC, mask_BC, gamma=p.gamma, lam=p.lam)
-        total = world().sum  # several processes: statistics and normalisers of the whole step
+        total = backend.world.sum  # several processes: statistics and normalisers of the whole step
         if p.whiten_advantages:
             advantages_BC = masked_whiten(advantages_BC, mask_BC, total=total)
 
-        norm = BatchNorm(num_sequences=int(total(len(tokens))), num_tokens=int(total(int(mask_BC.sum()))),
-                         max_len=c.sampling.max_new_tokens)
+        norm = LossNormalizers(num_sequences=int(total(len(tokens))), num_tokens=int(total(int(mask_BC.sum()))),
+                               max_len=c.sampling.max_new_tokens)
         sums = {"loss": 0.0, "value_loss": 0.0, "clipped": 0.0, "value_clipped": 0.0, "grad_norm": 0.0,
                 "value_grad_norm": 0.0, "value_skipped": 0}
         skipped = trailing = 0
         for _ in range(p.epochs):
             policy_loss = value_loss = 0.0
-            for rows, b in zip(chunks, batches):
+            for i, (rows, b) in enumerate(zip(chunks, batches)):
                 w = b.completion_ids_BC.shape[1]
                 loss, m = ppo_policy_loss(logprobs(self.model, b), old_logp_BC[rows, :w], advantages_BC[rows, :w],
                                           b.completion_mask_BC, norm, clip_low=p.clip, clip_high=p.clip)
-                loss.backward()
+                backend.backward(self.model, loss, last=i == len(chunks) - 1)
                 policy_loss += loss.item()
                 sums["clipped"] += m["clipped_tokens"]
-            grad_norm, stepped = optimizer_step(self.model, optimizer, scheduler, c.optim.max_grad_norm,
-                                                math.isfinite(policy_loss))
-            for rows, b in zip(chunks, batches):
+            grad_norm, stepped = backend.step(self.model, optimizer, scheduler, c.optim.max_grad_norm,
+                                              math.isfinite(policy_loss))
+            for i, (rows, b) in enumerate(zip(chunks, batches)):
                 w = b.completion_ids_BC.shape[1]
                 loss, m = ppo_value_loss(values(b), old_values_BC[rows, :w], returns_BC[rows, :w],
                                          b.completion_mask_BC, norm, clip=p.value_clip)
-                loss.backward()
+                backend.backward(self.value_model, loss, last=i == len(chunks) - 1)
                 value_loss += loss.item()
                 sums["value_clipped"] += m["value_clipped_tokens"]
-            value_grad_norm, value_stepped = optimizer_step(self.value_model, self.value_optimizer, None,
-                                                            c.optim.max_grad_norm, math.isfinite(value_loss))
+            value_grad_norm, value_stepped = backend.step(self.value_model, self.value_optimizer, None,
+                                                          c.optim.max_grad_norm, math.isfinite(value_loss))
             sums["value_skipped"] += not value_stepped
             skipped += not stepped
             trailing = 0 if stepped else trailing + 1
@@ -176,7 +176,7 @@ class PPO(Method):
         _, residual_var = _mean_and_var((returns_BC - old_values_BC)[valid], total)
         _, returns_var = _mean_and_var(returns_BC[valid], total)
         kl = _mean_and_var((old_logp_BC - ref_logp_BC)[valid], total)[0] if ref_logp_BC is not None else None
-        return {
+        return UpdateResult({
             "optimizer_steps": p.epochs,
             "loss": sums["loss"] / p.epochs,
             "value_loss": sums["value_loss"] / p.epochs,
@@ -193,4 +193,4 @@ class PPO(Method):
             "skipped_updates": skipped,
             "value_skipped_updates": int(sums["value_skipped"]),
             "trailing_skips": trailing,
-        }
+        })

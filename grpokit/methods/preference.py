@@ -16,42 +16,43 @@ import random
 import torch
 
 from grpokit.batching import TokenBatch, encode_pairs, micro_batches
-from grpokit.distributed import world
 from grpokit.logprobs import token_logprobs
 from grpokit.losses import dpo_loss, orpo_loss, sequence_logprob
-from grpokit.methods.base import Method, ScoredGroups, skipped_update
+from grpokit.methods.base import Method, ScoredGroups, UpdateResult, skipped_update
 from grpokit.methods.verified import preference_pairs
-from grpokit.optim import optimizer_step
 
 
-def pair_update(model, ref_model, optimizer, scheduler, tokens: TokenBatch, *, loss: str, beta: float = 0.1,
+def pair_update(model, ref_model, optimizer, scheduler, tokens: TokenBatch, *, backend, loss: str, beta: float = 0.1,
                 lam: float = 0.1, micro_batch_size: int, max_grad_norm: float, share_prompts: bool = True) -> dict:
     """One optimiser step of `loss` ("dpo" or "orpo") on the pairs (row i, row n + i) of `tokens`.
     With several processes the loss is normalised by every process's pairs and chosen tokens."""
-    w = world()
+    w = backend.world
     local_pairs = len(tokens) // 2
     num_pairs = int(w.sum(local_pairs))
     chosen_tokens = int(w.sum(int(tokens.completion_mask_BC[:local_pairs].sum())))
     sums: dict[str, float] = {"loss": 0.0}
-    for pair_rows in micro_batches(local_pairs, max(1, micro_batch_size // 2)):
+    chunks = micro_batches(local_pairs, max(1, micro_batch_size // 2))
+    for k, pair_rows in enumerate(chunks):
         batch = tokens.select(pair_rows + [local_pairs + i for i in pair_rows])
         n = len(pair_rows)
-        logp_BT = token_logprobs(model, batch, 1.0, share_prompts)
+        logp_BT = token_logprobs(model, batch, 1.0, share_prompts, lockstep=backend.collective(model))
         if loss == "dpo":
             policy_B = sequence_logprob(logp_BT, batch.completion_mask_BC)
             with torch.no_grad():
-                ref_B = sequence_logprob(token_logprobs(ref_model, batch, 1.0, share_prompts), batch.completion_mask_BC)
+                ref_logp_BT = token_logprobs(ref_model, batch, 1.0, share_prompts,
+                                             lockstep=backend.collective(ref_model))
+                ref_B = sequence_logprob(ref_logp_BT, batch.completion_mask_BC)
             value, metrics = dpo_loss(policy_B[:n], policy_B[n:], ref_B[:n], ref_B[n:], beta=beta,
                                       num_pairs=num_pairs)
         else:
             mask_BT = batch.completion_mask_BC
             value, metrics = orpo_loss(logp_BT[:n], mask_BT[:n], logp_BT[n:], mask_BT[n:], chosen_tokens,
                                        num_pairs, lam=lam)
-        value.backward()  # already divided by the whole batch's pairs / tokens
+        backend.backward(model, value, last=k == len(chunks) - 1)  # already divided by the whole batch's pairs / tokens
         sums["loss"] += value.item()
         for key, v in metrics.items():
             sums[key] = sums.get(key, 0.0) + v
-    grad_norm, stepped = optimizer_step(model, optimizer, scheduler, max_grad_norm, math.isfinite(sums["loss"]))
+    grad_norm, stepped = backend.step(model, optimizer, scheduler, max_grad_norm, math.isfinite(sums["loss"]))
     keys = ("loss", "reward_margin", "accuracy", "chosen_reward", "rejected_reward", "nll", "or_loss", "log_odds_ratio")
     sums = {key: w.sum(sums.get(key, 0.0)) for key in keys}  # every process's pairs
     out = {"loss": sums["loss"], "grad_norm": grad_norm, "pairs": num_pairs,
@@ -71,22 +72,25 @@ def pair_update(model, ref_model, optimizer, scheduler, tokens: TokenBatch, *, l
 class _PairMethod(Method):
     loss = "dpo"
 
-    def needs_reference(self) -> bool:
-        return self.loss == "dpo"
+    @classmethod
+    def needs_reference(cls, config) -> bool:
+        return cls.loss == "dpo"
 
-    def _update_pairs(self, optimizer, scheduler, ref_model, tokens: TokenBatch) -> dict:
+    def _update_pairs(self, optimizer, scheduler, ref_model, tokens: TokenBatch) -> UpdateResult:
         c = self.config
-        return pair_update(self.model, ref_model, optimizer, scheduler, tokens, loss=self.loss, beta=c.dpo.beta,
-                           lam=c.orpo.lam, micro_batch_size=c.optim.micro_batch_size,
-                           max_grad_norm=c.optim.max_grad_norm, share_prompts=c.train.share_prompt_forward)
+        return UpdateResult(pair_update(
+            self.model, ref_model, optimizer, scheduler, tokens, backend=self.backend, loss=self.loss,
+            beta=c.dpo.beta, lam=c.orpo.lam, micro_batch_size=c.optim.micro_batch_size,
+            max_grad_norm=c.optim.max_grad_norm, share_prompts=c.train.share_prompt_forward))
 
 
 class OfflinePairs(_PairMethod):
     """dpo / orpo on the dataset's (prompt, chosen, rejected) rows."""
 
     online = False
+    offline_rows = "pairs"
 
-    def update(self, optimizer, scheduler, ref_model, data) -> dict:
+    def update(self, optimizer, scheduler, ref_model, data) -> UpdateResult:
         prompts, examples = data
         o = self.config.offline
         chosen = [ex.fields[o.chosen_field] for ex in examples]
@@ -102,15 +106,19 @@ class OnlinePairs(_PairMethod):
     metrics (`no_data_reason`) and makes no update: never a silent zero loss.
     """
 
-    def update(self, optimizer, scheduler, ref_model, data: ScoredGroups) -> dict:
+    trains_on_passed = True
+    min_group_size = 2
+
+    def update(self, optimizer, scheduler, ref_model, data: ScoredGroups) -> UpdateResult:
         o = self.config.online
         # One generator per step, from the seed and the step: a resumed run builds the same pairs.
         rng = random.Random(self.config.train.seed * 1_000_003 + self.step)
         pairs = preference_pairs(data.passed_B, data.rewards_B, data.rollout.completions, data.group_size,
                                  rule=o.pair_rule, pairs_per_prompt=o.pairs_per_prompt, rng=rng,
                                  scored_B=data.scored_B)
-        if world().sum(len(pairs)) == 0:  # decided together: a process with no pairs still joins the step
-            return {**skipped_update("no group had both a passing and a failing completion", scheduler), "pairs": 0}
+        if self.backend.world.sum(len(pairs)) == 0:  # decided together: a process with no pairs still joins the step
+            return UpdateResult({**skipped_update("no group had both a passing and a failing completion", scheduler),
+                                 "pairs": 0})
         rows = [w for w, _ in pairs] + [r for _, r in pairs]
         tokens = data.rollout.tokens.to(self.device).select(rows)
         return self._update_pairs(optimizer, scheduler, ref_model, tokens)

@@ -9,40 +9,39 @@ from __future__ import annotations
 import math
 
 from grpokit.batching import TokenBatch, encode_pairs, micro_batches
-from grpokit.distributed import world
 from grpokit.logprobs import token_logprobs
-from grpokit.losses import BatchNorm, sft_loss
-from grpokit.methods.base import Method, ScoredGroups, skipped_update
+from grpokit.losses import LossNormalizers, sft_loss
+from grpokit.methods.base import Method, ScoredGroups, UpdateResult, skipped_update
 from grpokit.methods.verified import rft_rows
-from grpokit.optim import optimizer_step
 
 
-def sft_update(model, optimizer, scheduler, tokens: TokenBatch, *, micro_batch_size: int,
+def sft_update(model, optimizer, scheduler, tokens: TokenBatch, *, backend, micro_batch_size: int,
                max_grad_norm: float, share_prompts: bool = True) -> dict:
     """One optimiser step of SFT on the batch's completions, accumulated over micro-batches."""
-    w = world()  # with several processes the normalisers count every process's rows
-    norm = BatchNorm(num_sequences=int(w.sum(len(tokens))), num_tokens=int(w.sum(int(tokens.completion_mask_BC.sum()))),
-                     max_len=0)
+    w = backend.world  # with several processes the normalisers count every process's rows
+    norm = LossNormalizers(num_sequences=int(w.sum(len(tokens))),
+                           num_tokens=int(w.sum(int(tokens.completion_mask_BC.sum()))), max_len=0)
     total = 0.0
-    for rows in micro_batches(len(tokens), micro_batch_size):
+    chunks = micro_batches(len(tokens), micro_batch_size)
+    for i, rows in enumerate(chunks):
         batch = tokens.select(rows)
-        logp_BT = token_logprobs(model, batch, 1.0, share_prompts)
+        logp_BT = token_logprobs(model, batch, 1.0, share_prompts, lockstep=backend.collective(model))
         loss, _ = sft_loss(logp_BT, batch.completion_mask_BC, norm)
-        loss.backward()
+        backend.backward(model, loss, last=i == len(chunks) - 1)
         total += loss.item()
-    grad_norm, stepped = optimizer_step(model, optimizer, scheduler, max_grad_norm, math.isfinite(total))
+    grad_norm, stepped = backend.step(model, optimizer, scheduler, max_grad_norm, math.isfinite(total))
     total = w.sum(total)
     return {"loss": total, "grad_norm": grad_norm, "tokens_backpropagated": norm.num_tokens,
             "skipped_updates": int(not stepped), "trailing_skips": int(not stepped), "optimizer_steps": 1}
 
 
-def sft_step(model, tokenizer, optimizer, prompts: list[str], completions: list[str], *,
+def sft_step(model, tokenizer, optimizer, prompts: list[str], completions: list[str], *, backend,
              micro_batch_size: int, max_grad_norm: float, scheduler=None, share_prompts: bool = True
              ) -> dict[str, float]:
     """One optimiser step of SFT on (prompt, completion) texts (the warm-up)."""
     device = next(model.parameters()).device
     tokens = encode_pairs(tokenizer, prompts, completions).to(device)
-    return sft_update(model, optimizer, scheduler, tokens, micro_batch_size=micro_batch_size,
+    return sft_update(model, optimizer, scheduler, tokens, backend=backend, micro_batch_size=micro_batch_size,
                       max_grad_norm=max_grad_norm, share_prompts=share_prompts)
 
 
@@ -50,14 +49,15 @@ class SFT(Method):
     """Offline: imitate the dataset's completions (offline.completion_field)."""
 
     online = False
+    offline_rows = "completion"
 
-    def update(self, optimizer, scheduler, ref_model, data) -> dict:
+    def update(self, optimizer, scheduler, ref_model, data) -> UpdateResult:
         prompts, examples = data
         completions = [ex.fields[self.config.offline.completion_field] for ex in examples]
-        return sft_step(self.model, self.tokenizer, optimizer, prompts, completions,
-                        micro_batch_size=self.config.optim.micro_batch_size,
-                        max_grad_norm=self.config.optim.max_grad_norm, scheduler=scheduler,
-                        share_prompts=self.config.train.share_prompt_forward)
+        return UpdateResult(sft_step(self.model, self.tokenizer, optimizer, prompts, completions, backend=self.backend,
+                                     micro_batch_size=self.config.optim.micro_batch_size,
+                                     max_grad_norm=self.config.optim.max_grad_norm, scheduler=scheduler,
+                                     share_prompts=self.config.train.share_prompt_forward))
 
 
 class RFT(Method):
@@ -67,13 +67,17 @@ class RFT(Method):
     where nothing passed has nothing to imitate: it is counted and makes no update.
     """
 
-    def update(self, optimizer, scheduler, ref_model, data: ScoredGroups) -> dict:
+    trains_on_passed = True
+    dynamic_sampling = False  # all-pass groups are what it learns from
+
+    def update(self, optimizer, scheduler, ref_model, data: ScoredGroups) -> UpdateResult:
         rows = rft_rows(data.passed_B, data.rollout.completions, data.group_size, data.rollout.truncated_B)
-        if world().sum(len(rows)) == 0:  # decided together: a process with no rows still joins the step
-            return skipped_update("no completion passed verification", scheduler)
+        targets = int(self.backend.world.sum(len(rows)))
+        if targets == 0:  # decided together: a process with no rows still joins the step
+            return UpdateResult(skipped_update("no completion passed verification", scheduler))
         tokens = data.rollout.tokens.to(self.device).select(rows)
-        metrics = sft_update(self.model, optimizer, scheduler, tokens,
+        metrics = sft_update(self.model, optimizer, scheduler, tokens, backend=self.backend,
                              micro_batch_size=self.config.optim.micro_batch_size,
                              max_grad_norm=self.config.optim.max_grad_norm,
                              share_prompts=self.config.train.share_prompt_forward)
-        return {**metrics, "sft_targets": int(world().sum(len(rows)))}
+        return UpdateResult({**metrics, "sft_targets": targets})

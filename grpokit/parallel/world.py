@@ -1,15 +1,12 @@
-"""Data-parallel training over several processes (`torchrun` or `accelerate launch`).
+"""This process's place in a job of several (`torchrun` or `accelerate launch`), and the few collectives
+training needs.
 
 Each process samples and scores whole groups for its share of a step's prompts, so a group's
 advantages are computed where the group lives. The losses are normalised by the sizes of the whole
-step (summed across processes), each process back-propagates its own rows, and gradients are
-summed across processes before the optimiser step. The update is therefore the one a single process
-would make on the whole batch with gradient accumulation, and every process holds the same weights.
-
-Gradients are summed by hand (one flattened all-reduce) rather than by wrapping the model in
-DistributedDataParallel: the shared-prompt forward runs the model twice per micro-batch, and LoRA,
-the reference view and the value model all call it in ways DDP's hooks do not expect.
-A single process is a world of size 1, and every method here is then a no-op.
+step (summed across processes, `World.sum`), each process back-propagates its own rows, and the
+backend sums gradients before the optimiser step. The update is therefore the one a single process
+would make on the whole batch with gradient accumulation. A single process is a world of size 1,
+and every collective here is then a no-op.
 """
 
 from __future__ import annotations

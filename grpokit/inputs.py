@@ -1,0 +1,113 @@
+"""Everything checked before a model loads: the method's own rules, rewards, data rows, and the
+prompts rendered exactly as the model will see them. A mistake in any of them fails here, fast,
+with a message naming the key, file or row.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from grpokit.config import Config
+from grpokit.data import Example, check_pairs, load_examples, render_prompt
+from grpokit.errors import GrpokitError
+from grpokit.methods import method_class
+from grpokit.methods.verified import check_pass_reward
+from grpokit.modeling import load_tokenizer
+from grpokit.rewards import RewardComponent, build_reward_components
+
+
+@dataclass
+class Inputs:
+    """Everything checked before a model is loaded: rewards, rows, and prompts rendered as the model sees them."""
+
+    components: list[RewardComponent]
+    train: list[Example]
+    eval: list[Example]
+    tokenizer: object
+    train_prompts: list[str]
+    eval_prompts: list[str]
+    dropped: dict[str, int]  # rows removed by data.max_prompt_tokens, per split
+
+
+def render_and_filter(examples: list[Example], tokenizer, config: Config, split: str
+                      ) -> tuple[list[Example], list[str], int]:
+    """Render every prompt (template errors surface here, before the model) and drop prompts
+    longer than data.max_prompt_tokens; an empty result is an error naming the filter."""
+    d = config.data
+    prompts = [render_prompt(ex.prompt, tokenizer, system_prompt=d.system_prompt, prompt_template=d.prompt_template)
+               for ex in examples]
+    if d.max_prompt_tokens is None or not examples:
+        return examples, prompts, 0
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    kept = [i for i, n in enumerate(lengths) if n <= d.max_prompt_tokens]
+    if not kept:
+        raise GrpokitError(
+            f"the {split} data is empty after filtering: all {len(examples)} prompts are longer than "
+            f"data.max_prompt_tokens={d.max_prompt_tokens} tokens (shortest {min(lengths)}, e.g. "
+            f"{examples[lengths.index(min(lengths))].source}). Raise data.max_prompt_tokens or shorten the prompts.")
+    return [examples[i] for i in kept], [prompts[i] for i in kept], len(examples) - len(kept)
+
+
+def prepare_inputs(config: Config) -> Inputs:
+    """Validate rewards and data; raises GrpokitError naming the problem. Loads no model."""
+    if config.model.dtype == "float16":
+        raise GrpokitError("model.dtype float16 is not supported for training (it would need loss scaling); "
+                           "use bfloat16, or float16 only with `grpokit eval`.")
+    method = method_class(config)
+    components = build_reward_components(config.rewards)
+    d, o = config.data, config.offline
+    if method.trains_on_passed:  # the others only report "passed"
+        check_pass_reward(config.online.pass_reward, components)
+    if not d.train:
+        raise GrpokitError("no training data given: set data.train (a .jsonl/.parquet/.csv file or a folder).")
+    # What each method needs of a training row: online methods verify answers against ground
+    # truth; offline ones learn from given completions or pairs.
+    train = load_examples(d.train, split=d.train_split, prompt_field=d.prompt_field, answer_field=d.answer_field,
+                          dataset_format=d.dataset_format, max_examples=d.max_train_examples,
+                          require_answer=method.online)
+    if method.offline_rows == "pairs":
+        check_pairs(train, o.chosen_field, o.rejected_field)
+    eval_ = []
+    if d.eval:
+        eval_ = load_examples(d.eval, split=d.eval_split, prompt_field=d.prompt_field,
+                              answer_field=d.answer_field, dataset_format=d.dataset_format,
+                              max_examples=d.max_eval_examples)
+    targets = [("warmup.completion_field", config.warmup.completion_field, "the SFT warm-up")] \
+        if config.warmup.steps > 0 else []
+    if method.offline_rows == "completion":
+        targets.append(("offline.completion_field", o.completion_field, config.train.method))
+    for key, field, user in targets:
+        missing = [ex.source for ex in train if not isinstance(ex.fields.get(field), str) or not ex.fields[field]]
+        if missing:
+            raise GrpokitError(
+                f"{len(missing)} training rows have no non-empty string '{field}' (the reference completion {user} "
+                f"trains on), e.g. {', '.join(missing[:3])}. Set {key} to the right column"
+                + (", or warmup.steps=0." if key.startswith("warmup") else "; a messages row's final assistant "
+                   "message is read as 'completion'."))
+    # The tokenizer (not the model) is needed to render prompts exactly as the model will see them.
+    tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
+    train, train_prompts, dropped_train = render_and_filter(train, tokenizer, config, "training")
+    eval_, eval_prompts, dropped_eval = render_and_filter(eval_, tokenizer, config, "eval")
+    return Inputs(components, train, eval_, tokenizer, train_prompts, eval_prompts,
+                  {"train": dropped_train, "eval": dropped_eval})
+
+
+def check_world(config: Config, w) -> None:
+    """With several processes, a step's prompts (or rows) must split evenly over them."""
+    if w.size == 1:
+        return
+    c = config
+    batch = ("sampling.prompts_per_step", c.sampling.prompts_per_step) if method_class(c).online \
+        else ("offline.batch_size", c.offline.batch_size)
+    for key, value in (batch, ("warmup.batch_size", c.warmup.batch_size if c.warmup.steps else w.size)):
+        if value % w.size:
+            raise GrpokitError(f"config key '{key}' is {value}, which does not split evenly over {w.size} processes; "
+                               f"use a multiple of {w.size}.")
+
+
+def report_dropped(inputs: Inputs, config: Config) -> None:
+    for split, count in inputs.dropped.items():
+        if count:
+            print(f"grpokit: dropped {count} {split} rows whose prompt is longer than data.max_prompt_tokens="
+                  f"{config.data.max_prompt_tokens}.", file=sys.stderr)
