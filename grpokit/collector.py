@@ -16,6 +16,7 @@ import torch
 
 from grpokit.advantages import zero_variance_groups
 from grpokit.rewards import check_error_rate
+from grpokit.rewards.passing import passed, resolve_pass_reward
 from grpokit.rewards.scoring import Scores
 from grpokit.sampler import Rollout, Sampler
 
@@ -37,6 +38,17 @@ class RolloutCollector:
     def __init__(self, config, inputs, sampler: Sampler, scorer, run, world):
         self.config, self.inputs, self.sampler, self.scorer, self.run, self.world = \
             config, inputs, sampler, scorer, run, world
+        self.pass_key = resolve_pass_reward(config.online.pass_reward, inputs.components)  # checked in inputs
+
+    def without_signal(self, scores: Scores) -> torch.Tensor:
+        """(N,) bool: groups dynamic sampling drops. Only verified completions count (an unscored one is
+        unknown), and what must differ is sampling.dynamic_filter: the total reward or the pass verdict."""
+        G = self.config.sampling.group_size
+        if self.config.sampling.dynamic_filter == "pass":
+            values = passed(scores, self.pass_key, self.config.online.pass_threshold).float()
+        else:
+            values = torch.tensor(scores.total)
+        return zero_variance_groups(values.view(-1, G), torch.tensor(scores.verified()).view(-1, G))
 
     def collect(self, step: int, rows: list[int]) -> Collected:
         """Scored groups for these rows (this process's share of the step)."""
@@ -68,7 +80,7 @@ class RolloutCollector:
         return rollout, scores
 
     def _dynamic_sampling(self, step: int, collected: Collected) -> None:
-        """DAPO's dynamic sampling: while fewer than prompts_per_step groups have rewards that differ,
+        """DAPO's dynamic sampling: while fewer than prompts_per_step groups have signal (`without_signal`),
         sample groups for more training prompts (at most sampling.max_rounds rounds in all).
 
         Leaves in `collected` every row sampled, their rollout and scores (in sampling order), and
@@ -79,14 +91,14 @@ class RolloutCollector:
         every process says how many prompts it still needs, one draw from the prompts no process
         has used this step is split between them, and the rounds end for all when nobody needs more.
         """
-        c, G, rows = self.config, self.config.sampling.group_size, collected.rows
+        c, rows = self.config, collected.rows
         want = len(rows)  # this process's share of the step
         parts = [(rows, collected.rollout, collected.scores)]
         used = {r for process_rows in self.world.gather(rows) for r in process_rows}  # step-wide
         for round_ in range(1, c.sampling.max_rounds):
-            totals = torch.tensor([t for _, _, s in parts for t in s.total]).view(-1, G)
-            with_signal = int((~zero_variance_groups(totals)).sum())
-            rate = max(with_signal / len(totals), 0.25)  # expected share of new groups with signal
+            flat = torch.cat([self.without_signal(s) for _, _, s in parts])
+            with_signal = int((~flat).sum())
+            rate = max(with_signal / len(flat), 0.25)  # expected share of new groups with signal
             need = 0 if with_signal >= want else min(want, math.ceil((want - with_signal) / rate))
             needs = self.world.gather(need)
             pool = [r for r in range(len(self.inputs.train_prompts)) if r not in used]
@@ -102,5 +114,5 @@ class RolloutCollector:
             collected.rows = [r for part_rows, _, _ in parts for r in part_rows]
             collected.rollout = Rollout.concat([r for _, r, _ in parts])
             collected.scores = Scores.concat([s for _, _, s in parts])
-        signal = (~zero_variance_groups(torch.tensor(collected.scores.total).view(-1, G))).nonzero().flatten().tolist()
+        signal = (~self.without_signal(collected.scores)).nonzero().flatten().tolist()
         collected.kept = signal[:want] or list(range(want))

@@ -66,6 +66,11 @@ class SamplingConfig:
                                   "groups for more prompts are sampled until prompts_per_step groups differ "
                                   "(or sampling.max_rounds rounds have run). Costs extra sampling; logged per step.")
     max_rounds: int = option(3, "With sampling.dynamic: at most this many sampling rounds per step.")
+    dynamic_filter: str = option("total", "With sampling.dynamic, what must differ within a group for it to count "
+                                          "as signal: total (the weighted reward the advantages are computed "
+                                          "from: any group with a nonzero GRPO gradient) or pass (the "
+                                          "online.pass_reward verdict, DAPO's accuracy filter: a group that "
+                                          "differs only in format reward is dropped).")
     engine: str = option("grpokit", "Sampler: grpokit (KV-cached loop, each prompt encoded once per group; models "
                                     "with sliding-window or linear-attention caches fall back to generate), "
                                     "transformers (model.generate), or vllm (needs a GPU and grpokit[vllm]; "
@@ -78,13 +83,34 @@ class GRPOConfig:
                                    "leave_one_out without std scaling.")
     scale_by_std: bool = option(True, "Divide advantages by the group std (GRPO); false for Dr. GRPO.")
     std_eps: float = option(1e-4, "Epsilon added to the group std.")
-    beta: float = option(0.0, "Weight of the k3 KL to the reference model; the reference is loaded only if > 0.")
+    beta: float = option(0.0, "Weight of the KL to the reference model; the reference is loaded only if > 0.")
+    kl_estimator: str = option("k3", "Per-token KL estimator: k3 = exp(ref - logp) - (ref - logp) - 1 (GRPO, TRL; "
+                                     "its value estimates KL(pi||ref) but its gradient is that of KL(ref||pi)) or "
+                                     "k2 = (logp - ref)^2 / 2 (its gradient is that of KL(pi||ref)).")
     clip_low: float = option(0.2, "Lower clip range: ratio >= 1 - clip_low.")
     clip_high: float = option(0.2, "Upper clip range: ratio <= 1 + clip_high (0.28 for DAPO clip-higher).")
     aggregation: str = option("token", "Token loss averaging: sequence (GRPO), token (DAPO), constant (Dr. GRPO).")
     num_iterations: int = option(1, "Updates per rollout; > 1 reuses the stored old log-probs for the ratio.")
     skip_zero_advantage: bool = option(True, "With beta = 0, skip the forward/backward of completions whose "
                                              "advantage is exactly 0 (same update, less compute).")
+
+
+@dataclass
+class GSPOConfig:
+    clip_low: float = option(3e-4, "Sequence-ratio clip: s >= 1 - clip_low (the paper's 3e-4: s is a per-token "
+                                   "geometric mean, so it stays very close to 1).")
+    clip_high: float = option(4e-4, "Sequence-ratio clip: s <= 1 + clip_high (the paper's 4e-4).")
+    level: str = option("sequence", "sequence (GSPO) or sequence_token (GSPO-token: same value and, with one "
+                                    "advantage per sequence, same gradient).")
+    aggregation: str = option("sequence", "Loss averaging: sequence (the paper's 1/G sum over sequences), token "
+                                          "or constant.")
+
+
+@dataclass
+class CISPOConfig:
+    clip_low: float | None = option(None, "IS weight >= 1 - clip_low; null: no lower bound (MiniMax-M1, TRL).")
+    clip_high: float = option(4.0, "IS weight <= 1 + clip_high (4.0: a cap of 5, TRL's recommended "
+                                   "epsilon_high).")
 
 
 @dataclass
@@ -238,6 +264,10 @@ class Config:
     )
     sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"help": "Sampling."})
     grpo: GRPOConfig = field(default_factory=GRPOConfig, metadata={"help": "GRPO update rule."})
+    gspo: GSPOConfig = field(default_factory=GSPOConfig, metadata={
+        "help": "GSPO: sequence-level ratio and clip (advantages, KL and num_iterations from grpo)."})
+    cispo: CISPOConfig = field(default_factory=CISPOConfig, metadata={
+        "help": "CISPO: clipped, detached IS weight (advantages, KL, aggregation and num_iterations from grpo)."})
     online: OnlineConfig = field(default_factory=OnlineConfig,
                                  metadata={"help": "Verified groups -> SFT targets or preference pairs."})
     offline: OfflineConfig = field(default_factory=OfflineConfig, metadata={"help": "Offline methods' data."})
@@ -259,6 +289,10 @@ CHOICES = {
     "data.dataset_format": ("auto", "gsm8k"),
     "grpo.baseline": ("mean", "leave_one_out"),
     "grpo.aggregation": ("sequence", "token", "constant"),
+    "grpo.kl_estimator": ("k3", "k2"),
+    "gspo.level": ("sequence", "sequence_token"),
+    "gspo.aggregation": ("sequence", "token", "constant"),
+    "sampling.dynamic_filter": ("total", "pass"),
     "sampling.engine": ("grpokit", "transformers", "vllm"),
     "vllm.mode": ("colocate", "server"),
     "vllm.importance_correction": ("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"),
@@ -266,7 +300,8 @@ CHOICES = {
     "optim.schedule": ("constant", "linear", "cosine"),
     "warmup.schedule": ("constant", "linear", "cosine"),
     "online.pair_rule": ("random", "reward_gap"),
-    "train.method": ("grpo", "rloo", "rft", "online_dpo", "online_orpo", "ppo", "sft", "dpo", "orpo"),
+    "train.method": ("grpo", "rloo", "gspo", "cispo", "rft", "online_dpo", "online_orpo", "ppo", "sft", "dpo",
+                     "orpo"),
 }
 POSITIVE = ("train.max_consecutive_skips",
             "sampling.group_size", "sampling.max_new_tokens", "sampling.prompts_per_step", "grpo.num_iterations",
@@ -364,9 +399,10 @@ def _validate(config: Config) -> None:
     if not 0.0 <= config.verify.max_error_rate <= 1.0:
         raise GrpokitError("config key 'verify.max_error_rate' must be between 0 and 1.")
     for key in ("grpo.beta", "grpo.clip_low", "grpo.clip_high", "dpo.beta", "orpo.lam", "ppo.clip", "ppo.value_clip",
-                "ppo.kl_coef", "ppo.value_lr"):
+                "ppo.kl_coef", "ppo.value_lr", "gspo.clip_low", "gspo.clip_high", "cispo.clip_low", "cispo.clip_high"):
         section, name = key.split(".")
-        if getattr(getattr(config, section), name) < 0:
+        value = getattr(getattr(config, section), name)
+        if value is not None and value < 0:
             raise GrpokitError(f"config key '{key}' must not be negative.")
     if not (0.0 <= config.ppo.gamma <= 1.0 and 0.0 <= config.ppo.lam <= 1.0):
         raise GrpokitError("config keys 'ppo.gamma' and 'ppo.lam' must be between 0 and 1.")

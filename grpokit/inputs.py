@@ -12,9 +12,9 @@ from grpokit.config import Config
 from grpokit.data import Example, check_pairs, load_examples, render_prompt
 from grpokit.errors import GrpokitError
 from grpokit.methods import method_class
-from grpokit.methods.verified import check_pass_reward
 from grpokit.modeling import load_tokenizer
 from grpokit.rewards import RewardComponent, build_reward_components
+from grpokit.rewards.passing import check_pass_reward
 
 
 @dataclass
@@ -57,7 +57,8 @@ def prepare_inputs(config: Config) -> Inputs:
     method = method_class(config)
     components = build_reward_components(config.rewards)
     d, o = config.data, config.offline
-    if method.trains_on_passed:  # the others only report "passed"
+    filters_on_pass = method.online and config.sampling.dynamic and config.sampling.dynamic_filter == "pass"
+    if method.trains_on_passed or filters_on_pass:  # the others only report "passed"
         check_pass_reward(config.online.pass_reward, components)
     if not d.train:
         raise GrpokitError("no training data given: set data.train (a .jsonl/.parquet/.csv file or a folder).")

@@ -25,6 +25,7 @@ class StepRecord:
     passed: list[bool] | None
     advantages: list[float | None] | None  # None for a group dynamic sampling dropped
     groups_trained: int
+    scored: list[bool]  # every reward verified it (an unscored completion is unknown, and not trained on)
 
     @staticmethod
     def merge(parts: list[StepRecord]) -> StepRecord:
@@ -37,7 +38,7 @@ class StepRecord:
 
         return StepRecord(joined("rows"), Scores.concat([p.scores for p in parts]), joined("lengths"),
                           joined("truncated"), joined("completions"), joined("passed"), joined("advantages"),
-                          sum(p.groups_trained for p in parts))
+                          sum(p.groups_trained for p in parts), joined("scored"))
 
 
 def step_metrics(step: int, record: StepRecord, group_size: int, components, update: dict) -> dict:
@@ -45,6 +46,7 @@ def step_metrics(step: int, record: StepRecord, group_size: int, components, upd
     G, scores = group_size, record.scores
     rewards_B = torch.tensor(scores.total, dtype=torch.float32)
     lengths = torch.tensor(record.lengths, dtype=torch.float32)
+    scored = torch.tensor(record.scored, dtype=torch.bool)
     row = {"step": step, "phase": "train", "reward": rewards_B.mean().item()}
     for name, component_summary in scores.summary().items():
         row[f"reward/{name}"] = component_summary["mean"]  # over the samples it could score
@@ -55,10 +57,11 @@ def step_metrics(step: int, record: StepRecord, group_size: int, components, upd
     row.update({
         "reward_std": rewards_B.std().item(),
         "pass_rate": sum(record.passed) / len(record.passed) if record.passed is not None else None,
-        "zero_variance_fraction": (zero_variance_groups(rewards_B.view(-1, G)).float().mean().item()
+        "zero_variance_fraction": (zero_variance_groups(rewards_B.view(-1, G), scored.view(-1, G)).float().mean().item()
                                    if G > 1 else None),  # a group of one has no variance to speak of
         "mean_length": lengths.mean().item(),
         "truncation_rate": sum(record.truncated) / len(record.truncated),
+        "unscored_completions": len(record.scored) - sum(record.scored),  # a reward failed: advantage 0, not trained
         **update,
         "tokens_generated": int(lengths.sum().item()),
     })
@@ -80,6 +83,6 @@ def rollout_records(step: int, record: StepRecord, group_size: int, prompts: lis
          "completion": record.completions[i], "rewards": {k: v[i] for k, v in scores.components.items()},
          "reward": scores.total[i], "passed": record.passed[i] if record.passed is not None else None,
          **({"advantage": record.advantages[i]} if record.advantages is not None else {}),
-         "truncated": record.truncated[i]}
+         "truncated": record.truncated[i], "scored": record.scored[i]}
         for i in range(len(record.completions))
     ]

@@ -31,12 +31,12 @@ from grpokit.evaluation import evaluate
 from grpokit.inputs import Inputs, check_world, prepare_inputs, report_dropped
 from grpokit.methods import METHODS, Method, ScoredGroups, shardable_methods
 from grpokit.methods.sft import sft_step
-from grpokit.methods.verified import passed, resolve_pass_reward
 from grpokit.modeling import AdapterDisabledReference, apply_lora, autocast, load_lora, load_model, model_folder
 from grpokit.optim import build_optimizer, build_scheduler
 from grpokit.parallel import choose_backend, world
 from grpokit.plots import plot_dashboard, plot_training
 from grpokit.rewards import make_scorer
+from grpokit.rewards.passing import passed, resolve_pass_reward
 from grpokit.run_dir import RunDir, peak_memory_mb
 from grpokit.sampler import LocalSampler
 from grpokit.step_log import StepRecord, error_metrics, rollout_records, step_metrics
@@ -219,8 +219,8 @@ class Trainer:
         rollout, scores, kept = collected.rollout, collected.scores, collected.kept
         synced_before = self.sampler.sync_seconds  # pushing weights into vLLM, part of sampling
         pass_key = resolve_pass_reward(c.online.pass_reward, self.inputs.components)
-        passed_B, scored_B = (passed(scores.components, scores.total, pass_key, c.online.pass_threshold)
-                              if pass_key is not None else (None, None))
+        passed_B = passed(scores, pass_key, c.online.pass_threshold) if pass_key is not None else None
+        scored_B = torch.tensor(scores.verified(), dtype=torch.bool)  # a failed verification is not a wrong answer
         kept_rows = [g * G + j for g in kept for j in range(G)]
         rewards_B = torch.tensor(scores.total, dtype=torch.float32)
         t2 = time.perf_counter()
@@ -228,7 +228,7 @@ class Trainer:
         lr = scheduler.get_last_lr()[0]  # the rate this step's first update uses
         groups = ScoredGroups(rollout.select_groups(kept) if len(kept) < len(collected.rows) else rollout,
                               rewards_B[kept_rows], None if passed_B is None else passed_B[kept_rows], G,
-                              None if scored_B is None else scored_B[kept_rows])
+                              scored_B[kept_rows])
         update = self.method.update(optimizer, scheduler, ref_model, groups)
         self.sampler.after_update()  # vLLM: the next sampling pushes the new weights first
         t3 = time.perf_counter()
@@ -238,7 +238,8 @@ class Trainer:
             advantage_of = dict(zip(kept_rows, update.advantages_B.tolist()))
             advantages = [advantage_of.get(i) for i in range(len(scores.total))]
         record = StepRecord(collected.rows, scores, rollout.completion_lengths_B.tolist(), rollout.truncated_B.tolist(),
-                            rollout.completions, None if passed_B is None else passed_B.tolist(), advantages, len(kept))
+                            rollout.completions, None if passed_B is None else passed_B.tolist(), advantages, len(kept),
+                            scored_B.tolist())
         record = StepRecord.merge(self.world.gather(record))  # every process's groups, for the step's metrics
         if not self.world.is_main:
             return {}

@@ -12,6 +12,7 @@ import torch
 from grpokit.batching import TokenBatch
 from grpokit.config import load_config
 from grpokit.errors import GrpokitError
+from grpokit.methods import method_class
 from grpokit.rewards.scoring import Scores
 from grpokit.sampler import Rollout
 from grpokit.trainer import train
@@ -104,5 +105,6 @@ def test_dynamic_sampling_trains_only_on_groups_with_signal(tiny_home, tmp_path,
 def test_dynamic_sampling_needs_groups_and_is_refused_for_rft(tiny_home, tmp_path):
     with pytest.raises(GrpokitError, match="group_size >= 2"):
         _config(tiny_home, tmp_path, "sampling.dynamic=true", "sampling.group_size=1", "train.method=ppo")
+    config = _config(tiny_home, tmp_path, "sampling.dynamic=true", "train.method=rft")
     with pytest.raises(GrpokitError, match="all-pass groups are exactly what rft trains on"):
-        _config(tiny_home, tmp_path, "sampling.dynamic=true", "train.method=rft")
+        method_class(config)  # the method's own check, run before any model loads

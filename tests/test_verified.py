@@ -6,17 +6,22 @@ import pytest
 import torch
 
 from grpokit.errors import GrpokitError
-from grpokit.methods.verified import check_pass_reward, passed, preference_pairs, resolve_pass_reward, rft_rows
+from grpokit.methods.verified import preference_pairs, rft_rows
 from grpokit.rewards import build_reward_components
+from grpokit.rewards.passing import check_pass_reward, passed, resolve_pass_reward
+from grpokit.rewards.scoring import Scores
 
 
-def test_passed_uses_the_named_component_and_never_passes_a_failed_score():
-    components = {"accuracy": [1.0, 0.0, None, 1.0], "format": [1.0, 1.0, 1.0, 0.0]}
-    total = [1.1, 0.1, 0.1, 1.0]
-    passed_B, scored_B = passed(components, total, "accuracy", 1.0)
-    assert passed_B.tolist() == [True, False, False, True] and scored_B.tolist() == [True, True, False, True]
-    assert passed(components, total, "format", 0.5)[0].tolist() == [True, True, True, False]
-    assert passed(components, total, "total", 1.05)[0].tolist() == [True, False, False, False]
+def test_passed_uses_the_named_component_and_never_passes_a_failed_verification():
+    # sample 2: accuracy timed out; sample 3: format does not apply (None, no error), which is no failure
+    error = {"component": "accuracy", "index": 2, "kind": "timeout", "message": "slow", "completion": "c"}
+    scores = Scores({"accuracy": [1.0, 0.0, None, 1.0], "format": [1.0, 1.0, 1.0, None]}, [1.1, 0.1, 0.1, 1.0],
+                    [error], {"accuracy": {"timeout": 1}, "format": {}})
+    assert scores.verified() == [True, True, False, True]
+    assert passed(scores, "accuracy", 1.0).tolist() == [True, False, False, True]
+    # format passes sample 2, but a completion whose verification failed never passes
+    assert passed(scores, "format", 0.5).tolist() == [True, True, False, False]
+    assert passed(scores, "total", 1.05).tolist() == [True, False, False, False]
 
 
 def test_pass_reward_resolves_names_aliases_and_aliased_builtins():

@@ -4,6 +4,10 @@ batch and a loss. The loop in `grpokit.trainer` is the same for all of them.
 method       data each step                            loss                               extra models
 grpo         sampled groups, verified                  clipped surrogate, group advantages  reference if grpo.beta > 0
 rloo         sampled groups, verified                  same, leave-one-out baseline, no std reference if grpo.beta > 0
+gspo         sampled groups, verified                  GRPO's advantages, sequence-level    reference if grpo.beta > 0
+                                                       ratio clipped per sequence
+cispo        sampled groups, verified                  GRPO's advantages, clipped detached  reference if grpo.beta > 0
+                                                       IS weight x log-prob on every token
 rft          passing sampled completions, deduplicated SFT (NLL)                            -
 online_dpo   (passing, failing) pairs of one prompt    DPO                                  reference
 online_orpo  (passing, failing) pairs of one prompt    ORPO                                 -
@@ -18,13 +22,14 @@ from __future__ import annotations
 
 from grpokit.errors import GrpokitError
 from grpokit.methods.base import Method, ScoredGroups, UpdateResult
-from grpokit.methods.grpo import GRPO, RLOO
+from grpokit.methods.grpo import CISPO, GRPO, GSPO, RLOO
 from grpokit.methods.ppo import PPO
 from grpokit.methods.preference import DPO, ORPO, OnlineDPO, OnlineORPO
 from grpokit.methods.sft import RFT, SFT
 
 METHODS: dict[str, type[Method]] = {
-    "grpo": GRPO, "rloo": RLOO, "rft": RFT, "online_dpo": OnlineDPO, "online_orpo": OnlineORPO, "ppo": PPO,
+    "grpo": GRPO, "rloo": RLOO, "gspo": GSPO, "cispo": CISPO, "rft": RFT, "online_dpo": OnlineDPO,
+    "online_orpo": OnlineORPO, "ppo": PPO,
     "sft": SFT, "dpo": DPO, "orpo": ORPO,
 }
 

@@ -26,9 +26,12 @@ class ScoredGroups:
 
     rollout: Rollout
     rewards_B: torch.Tensor  # (B,) total reward of each completion
-    passed_B: torch.Tensor | None  # (B,) bool: online.pass_reward >= online.pass_threshold (None: no such reward)
+    # (B,) bool: verified and online.pass_reward >= online.pass_threshold (None: no such reward in this run)
+    passed_B: torch.Tensor | None
     group_size: int
-    scored_B: torch.Tensor | None = None  # (B,) bool: that reward could be computed (no error or timeout)
+    # (B,) bool: every reward could be computed (no error or timeout). An unscored completion is
+    # unknown, not wrong: no baseline, pair or loss uses it. None: all scored.
+    scored_B: torch.Tensor | None = None
 
 
 @dataclass

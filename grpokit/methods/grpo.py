@@ -12,47 +12,82 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import torch
 
 from grpokit.advantages import group_advantages, zero_variance_groups
 from grpokit.batching import micro_batches
 from grpokit.config import Config
+from grpokit.errors import GrpokitError
 from grpokit.logprobs import token_logprobs
-from grpokit.losses import LossNormalizers, grpo_loss, sampler_importance_weights
+from grpokit.losses import LossNormalizers, cispo_loss, grpo_loss, gspo_loss, sampler_importance_weights
 from grpokit.methods.base import Method, ScoredGroups, UpdateResult
 from grpokit.sampler import Rollout
 
+# (logp_BT, old_logp_BT, advantages_B, mask_BT, norm, ref_logp_BT, is_weights_BT) -> (loss, metric sums)
+PolicyLoss = Callable[..., tuple[torch.Tensor, dict[str, float]]]
+
 
 def compute_advantages(rewards_B: torch.Tensor, group_size: int, cfg, *, baseline: str | None = None,
-                       scale_by_std: bool | None = None) -> tuple[torch.Tensor, float]:
+                       scale_by_std: bool | None = None, scored_B: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, float]:
     """(B,) rewards grouped by prompt -> (B,) advantages and the fraction of zero-variance groups.
-    `baseline` and `scale_by_std` override the config's (RLOO fixes both)."""
+    `baseline` and `scale_by_std` override the config's (RLOO fixes both). `scored_B` (bool) marks the
+    completions whose verification succeeded: the others stay out of their group's baseline and std
+    and get advantage 0."""
     rewards_NG = rewards_B.view(-1, group_size)
+    scored_NG = None if scored_B is None else scored_B.view(-1, group_size)
     advantages_NG = group_advantages(rewards_NG, baseline=baseline or cfg.baseline,
                                      scale_by_std=cfg.scale_by_std if scale_by_std is None else scale_by_std,
-                                     eps=cfg.std_eps)
-    return advantages_NG.reshape(-1), zero_variance_groups(rewards_NG).float().mean().item()
+                                     eps=cfg.std_eps, scored_NG=scored_NG)
+    return advantages_NG.reshape(-1), zero_variance_groups(rewards_NG, scored_NG).float().mean().item()
+
+
+def grpo_policy_loss(config: Config) -> PolicyLoss:
+    """GRPO's per-micro-batch loss: the token-level clipped surrogate of `grpokit.losses.grpo_loss`."""
+    cfg = config.grpo
+
+    def loss(logp_BT, old_logp_BT, advantages_B, mask_BT, norm, ref_logp_BT, is_weights_BT):
+        return grpo_loss(logp_BT, old_logp_BT, advantages_B, mask_BT, norm, clip_low=cfg.clip_low,
+                         clip_high=cfg.clip_high, beta=cfg.beta, ref_logp_BT=ref_logp_BT, aggregation=cfg.aggregation,
+                         is_weights_BT=is_weights_BT, kl_estimator=cfg.kl_estimator)
+    return loss
 
 
 def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: torch.Tensor, config: Config,
-                backend, ref_model=None) -> dict[str, float]:
+                backend, ref_model=None, *, policy_loss: PolicyLoss | None = None,
+                trained_B: torch.Tensor | None = None) -> dict[str, float]:
     """num_iterations optimiser steps on one rollout through `backend` (a `grpokit.parallel.Backend`);
-    returns summed-then-averaged metrics."""
+    returns summed-then-averaged metrics.
+
+    `policy_loss` is the per-micro-batch loss (default GRPO's; GSPO and CISPO bring theirs).
+    `trained_B` (bool, default all) marks the completions trained on: the others (failed verifications)
+    add nothing to the loss, the KL or the normalisers.
+    """
     cfg, device = config.grpo, next(model.parameters()).device
+    policy_loss = policy_loss or grpo_policy_loss(config)
     tokens = rollout.tokens.to(device)
     advantages_B = advantages_B.to(device)
     temperature, share = config.sampling.temperature, config.train.share_prompt_forward
     mask_BC = tokens.completion_mask_BC
+    left_out_B = None if trained_B is None or bool(trained_B.all()) else ~trained_B.to(device=device, dtype=torch.bool)
+    if left_out_B is not None:  # their tokens are not trained on: out of the loss mask, so out of every count
+        mask_BC = mask_BC * ~left_out_B[:, None]
     w = backend.world  # with several processes the normalisers count the whole step, every process's rows
-    norm = LossNormalizers(num_sequences=int(w.sum(len(tokens))), num_tokens=int(w.sum(int(mask_BC.sum()))),
+    trained = len(tokens) if left_out_B is None else int((~left_out_B).sum())
+    norm = LossNormalizers(num_sequences=int(w.sum(trained)), num_tokens=int(w.sum(int(mask_BC.sum()))),
                            max_len=config.sampling.max_new_tokens)
     # With beta = 0 a completion whose advantage is exactly 0 (every member of an all-equal group)
     # has zero loss and zero gradient: leave it out of the forward and backward passes. The
-    # normalisers above still count it, so the update is the same (tested to 1e-6).
-    # Not under FSDP or DeepSpeed: there every process must run the same number of forward and backward passes.
+    # normalisers above still count it, so the update is the same (tested to 1e-6). A completion not
+    # trained on is left out too, whatever beta.
+    # Not under FSDP or DeepSpeed: there every process must run the same number of forward and backward passes
+    # (a left-out completion then runs with an all-zero loss mask).
     skip_zero = cfg.skip_zero_advantage and cfg.beta == 0.0 and not backend.lockstep
-    active = [i for i in range(len(tokens)) if not (skip_zero and advantages_B[i].item() == 0.0)]
+    skip_left_out = left_out_B is not None and not backend.lockstep
+    active = [i for i in range(len(tokens)) if not (skip_zero and advantages_B[i].item() == 0.0)
+              and not (skip_left_out and left_out_B[i])]
     lengths_B = rollout.completion_lengths_B[active] if active else None
     chunks = [[active[j] for j in chunk] for chunk in micro_batches(len(active), config.optim.micro_batch_size,
                                                                     lengths_B)]
@@ -83,11 +118,10 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
                 if correction != "none":
                     is_weights[i] = _sampler_correction(old_logps[i], rollout, rows, batch, correction,
                                                         config.vllm.importance_cap, totals)
-            loss, metrics = grpo_loss(
-                logp_BT, old_logps[i], advantages_B[rows], batch.completion_mask_BC, norm,
-                clip_low=cfg.clip_low, clip_high=cfg.clip_high, beta=cfg.beta, ref_logp_BT=ref_logps[i],
-                aggregation=cfg.aggregation, is_weights_BT=is_weights[i],
-            )
+            loss_mask_BT = (batch.completion_mask_BC if left_out_B is None
+                            else mask_BC[rows, : batch.completion_mask_BC.shape[1]])
+            loss, metrics = policy_loss(logp_BT, old_logps[i], advantages_B[rows], loss_mask_BT, norm,
+                                        ref_logps[i], is_weights[i])
             # the loss is already normalised by the whole batch: no accumulation scaling
             backend.backward(model, loss, last=i == len(chunks) - 1)
             iteration_loss += loss.item()
@@ -150,10 +184,14 @@ class GRPO(Method):
     def optimizer_steps_per_step(self) -> int:
         return self.config.grpo.num_iterations
 
+    def policy_loss(self) -> PolicyLoss:
+        return grpo_policy_loss(self.config)
+
     def update(self, optimizer, scheduler, ref_model, data: ScoredGroups) -> UpdateResult:
-        advantages_B, _ = compute_advantages(data.rewards_B, data.group_size, self.config.grpo, **self.advantage_rule)
+        advantages_B, _ = compute_advantages(data.rewards_B, data.group_size, self.config.grpo,
+                                             scored_B=data.scored_B, **self.advantage_rule)
         metrics = grpo_update(self.model, optimizer, scheduler, data.rollout, advantages_B, self.config, self.backend,
-                              ref_model)
+                              ref_model, policy_loss=self.policy_loss(), trained_B=data.scored_B)
         return UpdateResult(metrics, advantages_B)
 
 
@@ -161,3 +199,48 @@ class RLOO(GRPO):
     """REINFORCE leave-one-out: baseline = mean of the other G-1 rewards, no std scaling."""
 
     advantage_rule = {"baseline": "leave_one_out", "scale_by_std": False}
+
+
+class GSPO(GRPO):
+    """GRPO's group advantages with a sequence-level ratio, clipped per sequence (Zheng et al. 2025)."""
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        super().check_config(config)
+        _refuse_sampler_correction(config)
+
+    def policy_loss(self) -> PolicyLoss:
+        g, cfg = self.config.gspo, self.config.grpo
+
+        def loss(logp_BT, old_logp_BT, advantages_B, mask_BT, norm, ref_logp_BT, is_weights_BT):
+            return gspo_loss(logp_BT, old_logp_BT, advantages_B, mask_BT, norm, clip_low=g.clip_low,
+                             clip_high=g.clip_high, level=g.level, beta=cfg.beta, ref_logp_BT=ref_logp_BT,
+                             kl_estimator=cfg.kl_estimator, aggregation=g.aggregation)
+        return loss
+
+
+class CISPO(GRPO):
+    """GRPO's group advantages; every token trained with a clipped, detached IS weight (MiniMax-M1)."""
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        super().check_config(config)
+        _refuse_sampler_correction(config)
+
+    def policy_loss(self) -> PolicyLoss:
+        c, cfg = self.config.cispo, self.config.grpo
+
+        def loss(logp_BT, old_logp_BT, advantages_B, mask_BT, norm, ref_logp_BT, is_weights_BT):
+            return cispo_loss(logp_BT, old_logp_BT, advantages_B, mask_BT, norm, clip_low=c.clip_low,
+                              clip_high=c.clip_high, beta=cfg.beta, ref_logp_BT=ref_logp_BT,
+                              kl_estimator=cfg.kl_estimator, aggregation=cfg.aggregation)
+        return loss
+
+
+def _refuse_sampler_correction(config) -> None:
+    """vLLM's truncated importance sampling is defined on GRPO's token surrogate; these losses have
+    their own ratios, and folding a second weight in is not a formula we can cite."""
+    if config.sampling.engine == "vllm" and config.vllm.importance_correction != "none":
+        raise GrpokitError(f"train.method={config.train.method} with sampling.engine=vllm needs "
+                           "vllm.importance_correction=none (the correction is defined for grpo's token-level "
+                           "surrogate only).")

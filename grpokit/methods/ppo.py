@@ -108,6 +108,15 @@ class PPO(Method):
         tokens = data.rollout.tokens.to(self.device)
         mask_BC = tokens.completion_mask_BC
         lengths_B = mask_BC.sum(-1)
+        rewards_B = data.rewards_B.to(self.device)
+        # A completion whose verification failed has no reward: its tokens leave the loss mask, so it
+        # gets no reward, no policy gradient, no value target and no place in the normalisers. Every
+        # process still runs the same passes (FSDP / DeepSpeed need that).
+        left_out = data.scored_B is not None and not bool(data.scored_B.all())
+        if left_out:
+            scored_B = data.scored_B.to(self.device, torch.bool)
+            mask_BC = mask_BC * scored_B[:, None]
+            rewards_B = torch.where(scored_B, rewards_B, 0.0)
         chunks = micro_batches(len(tokens), c.optim.micro_batch_size, lengths_B.cpu())
         batches = [tokens.select(rows) for rows in chunks]
 
@@ -116,6 +125,9 @@ class PPO(Method):
 
         def values(b):
             return self.value_model.values(b.input_ids(), b.attention_mask(), b.prompt_ids_BP.shape[1])
+
+        def loss_mask(rows, b):  # the micro-batch's mask, without the left-out completions
+            return mask_BC[rows, : b.completion_mask_BC.shape[1]] if left_out else b.completion_mask_BC
 
         def full(parts):  # per-chunk (rows, width) tensors -> one (B, C) tensor, 0 on padding
             out = torch.zeros(mask_BC.shape, dtype=torch.float32, device=self.device)
@@ -131,14 +143,14 @@ class PPO(Method):
             old_logp_BC = full([logprobs(self.model, b) for b in batches])
             old_values_BC = full([values(b) for b in batches])
             ref_logp_BC = full([logprobs(ref_model, b) for b in batches]) if self.needs_reference(c) else None
-        rewards_BC = token_rewards(data.rewards_B.to(self.device), lengths_B, old_logp_BC, ref_logp_BC, mask_BC,
-                                   p.kl_coef)
+        rewards_BC = token_rewards(rewards_B, lengths_B, old_logp_BC, ref_logp_BC, mask_BC, p.kl_coef)
         advantages_BC, returns_BC = gae(rewards_BC, old_values_BC, mask_BC, gamma=p.gamma, lam=p.lam)
         total = backend.world.sum  # several processes: statistics and normalisers of the whole step
         if p.whiten_advantages:
             advantages_BC = masked_whiten(advantages_BC, mask_BC, total=total)
 
-        norm = LossNormalizers(num_sequences=int(total(len(tokens))), num_tokens=int(total(int(mask_BC.sum()))),
+        trained = len(tokens) if not left_out else int(scored_B.sum())
+        norm = LossNormalizers(num_sequences=int(total(trained)), num_tokens=int(total(int(mask_BC.sum()))),
                                max_len=c.sampling.max_new_tokens)
         sums = {"loss": 0.0, "value_loss": 0.0, "clipped": 0.0, "value_clipped": 0.0, "grad_norm": 0.0,
                 "value_grad_norm": 0.0, "value_skipped": 0}
@@ -148,7 +160,7 @@ class PPO(Method):
             for i, (rows, b) in enumerate(zip(chunks, batches)):
                 w = b.completion_ids_BC.shape[1]
                 loss, m = ppo_policy_loss(logprobs(self.model, b), old_logp_BC[rows, :w], advantages_BC[rows, :w],
-                                          b.completion_mask_BC, norm, clip_low=p.clip, clip_high=p.clip)
+                                          loss_mask(rows, b), norm, clip_low=p.clip, clip_high=p.clip)
                 backend.backward(self.model, loss, last=i == len(chunks) - 1)
                 policy_loss += loss.item()
                 sums["clipped"] += m["clipped_tokens"]
@@ -157,7 +169,7 @@ class PPO(Method):
             for i, (rows, b) in enumerate(zip(chunks, batches)):
                 w = b.completion_ids_BC.shape[1]
                 loss, m = ppo_value_loss(values(b), old_values_BC[rows, :w], returns_BC[rows, :w],
-                                         b.completion_mask_BC, norm, clip=p.value_clip)
+                                         loss_mask(rows, b), norm, clip=p.value_clip)
                 backend.backward(self.value_model, loss, last=i == len(chunks) - 1)
                 value_loss += loss.item()
                 sums["value_clipped"] += m["value_clipped_tokens"]

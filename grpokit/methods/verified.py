@@ -1,8 +1,7 @@
-"""From verified groups to training data: which completions passed, SFT targets, preference pairs.
+"""From verified groups to training data: SFT targets and preference pairs.
 
-Pure functions of rewards and texts (no model), so the rules are tested directly:
-- `passed`: a completion passes when the reward named by `online.pass_reward` is at least
-  `online.pass_threshold` (a reward that failed to score never passes);
+Pure functions of pass flags, rewards and texts (no model), so the rules are tested directly. Which
+completions passed is the rewards' business (`grpokit.rewards.passing`).
 - `rft_rows`: the passing completions, one per distinct text within a prompt's group;
 - `preference_pairs`: (passing, failing) completions of the same prompt, by `online.pair_rule`.
 """
@@ -12,38 +11,6 @@ from __future__ import annotations
 import random
 
 import torch
-
-from grpokit.errors import GrpokitError
-
-
-def resolve_pass_reward(name: str, components) -> str | None:
-    """The scores key online.pass_reward refers to: 'total', a component's name (its alias if it has
-    one), or a built-in reward's name when that built-in runs under an alias; None if none matches."""
-    from grpokit.rewards import BUILTIN_REWARDS
-
-    if name == "total" or any(c.name == name for c in components):
-        return name
-    builtin = BUILTIN_REWARDS.get(name)
-    return next((c.name for c in components if builtin is not None and c.fn is builtin), None)
-
-
-def check_pass_reward(name: str, components) -> str:
-    """Fail before the model loads when online.pass_reward names no reward component."""
-    key = resolve_pass_reward(name, components)
-    if key is None:
-        raise GrpokitError(f"config key 'online.pass_reward' is {name!r}, which is not a reward component of this "
-                           f"run; expected 'total' or one of {', '.join(c.name for c in components)}.")
-    return key
-
-
-def passed(components: dict[str, list[float | None]], total: list[float], name: str, threshold: float
-           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B,) bool tensors (passed, scored): the completion's `name` reward (or the total) is at least
-    `threshold`; scored is False where that reward failed (error, timeout), which is neither a pass
-    nor a verified failure."""
-    values = total if name == "total" else components[name]
-    scored_B = torch.tensor([v is not None for v in values], dtype=torch.bool)
-    return torch.tensor([v is not None and v >= threshold for v in values], dtype=torch.bool), scored_B
 
 
 def rft_rows(passed_B: torch.Tensor, completions: list[str], group_size: int,

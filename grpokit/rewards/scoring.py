@@ -143,6 +143,12 @@ class Scores:
             }
         return out
 
+    def verified(self) -> list[bool]:
+        """Per sample: no reward failed on it (a None that means "not applicable" is not a failure).
+        An unverified completion is unknown, not wrong: it stays out of baselines and pairs."""
+        failed = {e["index"] for e in self.errors}
+        return [i not in failed for i in range(len(self.total))]
+
     def error_rate(self) -> float:
         """Fraction of the (sample, component) cells whose reward failed."""
         cells = sum(len(values) for values in self.components.values())
