@@ -17,23 +17,33 @@ class TokenBatch:
     prompt_ids_BP: torch.Tensor
     prompt_mask_BP: torch.Tensor
     completion_ids_BC: torch.Tensor
-    completion_mask_BC: torch.Tensor
+    completion_mask_BC: torch.Tensor  # the completion's real tokens (attention), right-padded
+    # Multi-turn rollouts: 1 on the policy's own tokens, 0 on the environment's (tool results), which are
+    # context but never trained on. None: every completion token is the policy's.
+    policy_mask_BC: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.prompt_ids_BP.shape[0]
 
+    @property
+    def trained_mask_BC(self) -> torch.Tensor:
+        """The tokens losses, ratios, KL and token counts use: the policy's own completion tokens."""
+        return self.completion_mask_BC if self.policy_mask_BC is None else self.policy_mask_BC
+
     def select(self, rows: torch.Tensor | list[int]) -> TokenBatch:
         """Rows of the batch, with columns that are padding in every selected row cut away."""
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.prompt_ids_BP.device)
+        policy = self.policy_mask_BC
         if len(rows) == 0:  # e.g. a process with nothing to train on this step, which still joins the all-reduce
             return TokenBatch(self.prompt_ids_BP[:0], self.prompt_mask_BP[:0], self.completion_ids_BC[:0, :0],
-                              self.completion_mask_BC[:0, :0])
+                              self.completion_mask_BC[:0, :0], None if policy is None else policy[:0, :0])
         p_mask, c_mask = self.prompt_mask_BP[rows], self.completion_mask_BC[rows]
         first = int(p_mask.any(0).long().argmax())  # left padding shared by all rows
         width = int(c_mask.sum(-1).max())  # longest completion among the rows
         return TokenBatch(
             self.prompt_ids_BP[rows, first:], p_mask[:, first:],
             self.completion_ids_BC[rows, :width], c_mask[:, :width],
+            None if policy is None else policy[rows, :width],
         )
 
     @staticmethod
@@ -47,10 +57,13 @@ class TokenBatch:
             extra = width - t.shape[1]
             return torch.nn.functional.pad(t, (extra, 0) if left else (0, extra), value=0)
 
+        policy = None
+        if any(b.policy_mask_BC is not None for b in batches):
+            policy = torch.cat([pad(b.trained_mask_BC, C, False) for b in batches])
         return TokenBatch(torch.cat([pad(b.prompt_ids_BP, P, True) for b in batches]),
                           torch.cat([pad(b.prompt_mask_BP, P, True) for b in batches]),
                           torch.cat([pad(b.completion_ids_BC, C, False) for b in batches]),
-                          torch.cat([pad(b.completion_mask_BC, C, False) for b in batches]))
+                          torch.cat([pad(b.completion_mask_BC, C, False) for b in batches]), policy)
 
     def input_ids(self) -> torch.Tensor:
         return torch.cat([self.prompt_ids_BP, self.completion_ids_BC], dim=1)
@@ -59,8 +72,9 @@ class TokenBatch:
         return torch.cat([self.prompt_mask_BP, self.completion_mask_BC], dim=1)
 
     def to(self, device) -> TokenBatch:
-        return TokenBatch(*(t.to(device) for t in (self.prompt_ids_BP, self.prompt_mask_BP,
-                                                    self.completion_ids_BC, self.completion_mask_BC)))
+        return TokenBatch(*(None if t is None else t.to(device)
+                            for t in (self.prompt_ids_BP, self.prompt_mask_BP, self.completion_ids_BC,
+                                      self.completion_mask_BC, self.policy_mask_BC)))
 
 
 def pad_id(tokenizer) -> int:

@@ -70,7 +70,7 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
     tokens = rollout.tokens.to(device)
     advantages_B = advantages_B.to(device)
     temperature, share = config.sampling.temperature, config.train.share_prompt_forward
-    mask_BC = tokens.completion_mask_BC
+    mask_BC = tokens.trained_mask_BC
     left_out_B = None if trained_B is None or bool(trained_B.all()) else ~trained_B.to(device=device, dtype=torch.bool)
     if left_out_B is not None:  # their tokens are not trained on: out of the loss mask, so out of every count
         mask_BC = mask_BC * ~left_out_B[:, None]
@@ -118,8 +118,8 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
                 if correction != "none":
                     is_weights[i] = _sampler_correction(old_logps[i], rollout, rows, batch, correction,
                                                         config.vllm.importance_cap, totals)
-            loss_mask_BT = (batch.completion_mask_BC if left_out_B is None
-                            else mask_BC[rows, : batch.completion_mask_BC.shape[1]])
+            loss_mask_BT = (batch.trained_mask_BC if left_out_B is None
+                            else mask_BC[rows, : batch.trained_mask_BC.shape[1]])
             loss, metrics = policy_loss(logp_BT, old_logps[i], advantages_B[rows], loss_mask_BT, norm,
                                         ref_logps[i], is_weights[i])
             # the loss is already normalised by the whole batch: no accumulation scaling
@@ -160,7 +160,7 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
 def _sampler_correction(old_logp_BT, rollout: Rollout, rows: list[int], batch, mode: str, cap: float,
                         totals: dict) -> torch.Tensor:
     """Importance weights of one micro-batch, and their sums for the metrics."""
-    mask_BT = batch.completion_mask_BC.to(old_logp_BT.dtype)
+    mask_BT = batch.trained_mask_BC.to(old_logp_BT.dtype)
     sampling_BT = rollout.sampling_logprobs_BC[rows, : mask_BT.shape[1]].to(old_logp_BT.device)
     weights_BT, over_BT = sampler_importance_weights(old_logp_BT, sampling_BT, mask_BT, mode, cap)
     totals["is_weight_sum"] += (weights_BT * mask_BT).sum().item()

@@ -29,7 +29,7 @@ def pair_update(model, ref_model, optimizer, scheduler, tokens: TokenBatch, *, b
     w = backend.world
     local_pairs = len(tokens) // 2
     num_pairs = int(w.sum(local_pairs))
-    chosen_tokens = int(w.sum(int(tokens.completion_mask_BC[:local_pairs].sum())))
+    chosen_tokens = int(w.sum(int(tokens.trained_mask_BC[:local_pairs].sum())))
     sums: dict[str, float] = {"loss": 0.0}
     chunks = micro_batches(local_pairs, max(1, micro_batch_size // 2))
     for k, pair_rows in enumerate(chunks):
@@ -37,15 +37,15 @@ def pair_update(model, ref_model, optimizer, scheduler, tokens: TokenBatch, *, b
         n = len(pair_rows)
         logp_BT = token_logprobs(model, batch, 1.0, share_prompts, lockstep=backend.collective(model))
         if loss == "dpo":
-            policy_B = sequence_logprob(logp_BT, batch.completion_mask_BC)
+            policy_B = sequence_logprob(logp_BT, batch.trained_mask_BC)
             with torch.no_grad():
                 ref_logp_BT = token_logprobs(ref_model, batch, 1.0, share_prompts,
                                              lockstep=backend.collective(ref_model))
-                ref_B = sequence_logprob(ref_logp_BT, batch.completion_mask_BC)
+                ref_B = sequence_logprob(ref_logp_BT, batch.trained_mask_BC)
             value, metrics = dpo_loss(policy_B[:n], policy_B[n:], ref_B[:n], ref_B[n:], beta=beta,
                                       num_pairs=num_pairs)
         else:
-            mask_BT = batch.completion_mask_BC
+            mask_BT = batch.trained_mask_BC
             value, metrics = orpo_loss(logp_BT[:n], mask_BT[:n], logp_BT[n:], mask_BT[n:], chosen_tokens,
                                        num_pairs, lam=lam)
         backend.backward(model, value, last=k == len(chunks) - 1)  # already divided by the whole batch's pairs / tokens
@@ -56,7 +56,7 @@ def pair_update(model, ref_model, optimizer, scheduler, tokens: TokenBatch, *, b
     keys = ("loss", "reward_margin", "accuracy", "chosen_reward", "rejected_reward", "nll", "or_loss", "log_odds_ratio")
     sums = {key: w.sum(sums.get(key, 0.0)) for key in keys}  # every process's pairs
     out = {"loss": sums["loss"], "grad_norm": grad_norm, "pairs": num_pairs,
-           "tokens_backpropagated": int(w.sum(int(tokens.completion_mask_BC.sum()))),
+           "tokens_backpropagated": int(w.sum(int(tokens.trained_mask_BC.sum()))),
            "skipped_updates": int(not stepped), "trailing_skips": int(not stepped), "optimizer_steps": 1}
     if loss == "dpo":
         out.update({"reward_margin": sums["reward_margin"] / num_pairs,

@@ -20,13 +20,13 @@ def sft_update(model, optimizer, scheduler, tokens: TokenBatch, *, backend, micr
     """One optimiser step of SFT on the batch's completions, accumulated over micro-batches."""
     w = backend.world  # with several processes the normalisers count every process's rows
     norm = LossNormalizers(num_sequences=int(w.sum(len(tokens))),
-                           num_tokens=int(w.sum(int(tokens.completion_mask_BC.sum()))), max_len=0)
+                           num_tokens=int(w.sum(int(tokens.trained_mask_BC.sum()))), max_len=0)
     total = 0.0
     chunks = micro_batches(len(tokens), micro_batch_size)
     for i, rows in enumerate(chunks):
         batch = tokens.select(rows)
         logp_BT = token_logprobs(model, batch, 1.0, share_prompts, lockstep=backend.collective(model))
-        loss, _ = sft_loss(logp_BT, batch.completion_mask_BC, norm)
+        loss, _ = sft_loss(logp_BT, batch.trained_mask_BC, norm)
         backend.backward(model, loss, last=i == len(chunks) - 1)
         total += loss.item()
     grad_norm, stepped = backend.step(model, optimizer, scheduler, max_grad_norm, math.isfinite(total))

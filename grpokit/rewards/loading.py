@@ -26,31 +26,31 @@ _FORMS = (
 )
 
 
-def _import_module(module_name: str, reward: str) -> ModuleType:
+def _import_module(module_name: str, reward: str, what: str = "reward") -> ModuleType:
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         # Tell apart "your module does not exist" from "your module imports something missing".
         if e.name is not None and (module_name + ".").startswith(e.name + "."):
             raise GrpokitError(
-                f"reward {reward!r}: no module named {module_name!r} can be imported (is it "
+                f"{what} {reward!r}: no module named {module_name!r} can be imported (is it "
                 f"installed, or is its folder on PYTHONPATH?); expected {_FORMS}."
             ) from e
         raise GrpokitError(
-            f"reward {reward!r}: importing module {module_name!r} failed because it imports "
+            f"{what} {reward!r}: importing module {module_name!r} failed because it imports "
             f"{e.name!r}, which is not installed."
         ) from e
     except Exception as e:
         raise GrpokitError(
-            f"reward {reward!r}: importing module {module_name!r} raised {type(e).__name__}: {e}"
+            f"{what} {reward!r}: importing module {module_name!r} raised {type(e).__name__}: {e}"
         ) from e
 
 
-def _load_file(file: str, reward: str) -> ModuleType:
+def _load_file(file: str, reward: str, what: str = "reward") -> ModuleType:
     path = Path(file)
     if not path.is_file():
         raise GrpokitError(
-            f"reward {reward!r}: file {file!r} does not exist (resolved against the current "
+            f"{what} {reward!r}: file {file!r} does not exist (resolved against the current "
             f"directory {Path.cwd()}); expected 'path/to/file.py:function'."
         )
     resolved = path.resolve()
@@ -62,7 +62,7 @@ def _load_file(file: str, reward: str) -> ModuleType:
         return sys.modules[module_name]
     spec = importlib.util.spec_from_file_location(module_name, resolved)
     if spec is None or spec.loader is None:
-        raise GrpokitError(f"reward {reward!r}: {file!r} cannot be loaded as a Python file.")
+        raise GrpokitError(f"{what} {reward!r}: {file!r} cannot be loaded as a Python file.")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     try:
@@ -70,17 +70,17 @@ def _load_file(file: str, reward: str) -> ModuleType:
     except SyntaxError as e:
         del sys.modules[module_name]
         raise GrpokitError(
-            f"reward {reward!r}: {file!r} has a syntax error at line {e.lineno}: {e.msg}."
+            f"{what} {reward!r}: {file!r} has a syntax error at line {e.lineno}: {e.msg}."
         ) from e
     except Exception as e:
         del sys.modules[module_name]
         raise GrpokitError(
-            f"reward {reward!r}: running {file!r} raised {type(e).__name__}: {e}"
+            f"{what} {reward!r}: running {file!r} raised {type(e).__name__}: {e}"
         ) from e
     return module
 
 
-def _get_attribute(module: ModuleType, attribute: str, where: str, reward: str) -> Callable:
+def _get_attribute(module: ModuleType, attribute: str, where: str, reward: str, what: str = "reward") -> Callable:
     obj: object = module
     for part in attribute.split("."):  # "Class.method" is allowed
         if not hasattr(obj, part):
@@ -88,14 +88,14 @@ def _get_attribute(module: ModuleType, attribute: str, where: str, reward: str) 
             close = difflib.get_close_matches(attribute, public, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise GrpokitError(
-                f"reward {reward!r}: {where} has no attribute {attribute!r}; expected the name "
-                f"of a reward function defined there.{hint}"
+                f"{what} {reward!r}: {where} has no attribute {attribute!r}; expected the name "
+                f"of a {what} defined there.{hint}"
             )
         obj = getattr(obj, part)
     if not callable(obj):
         raise GrpokitError(
-            f"reward {reward!r}: {where}.{attribute} is a {type(obj).__name__}, not a "
-            f"function; expected a callable reward."
+            f"{what} {reward!r}: {where}.{attribute} is a {type(obj).__name__}, not a "
+            f"function; expected a callable {what}."
         )
     return obj
 
@@ -111,28 +111,34 @@ def load_reward_function(name: str) -> Callable:
     >>> load_reward_function("grpokit.rewards.builtin:format_reward").__name__
     'format_reward'
     """
+    return load_callable(name, what="reward", builtins=BUILTIN_REWARDS, forms=_FORMS)
+
+
+def load_callable(name: str, *, what: str, builtins: dict, forms: str) -> Callable:
+    """A callable named like a reward (`builtins` name, dotted path or `file.py:name`); `what` names
+    the kind of thing in every error ("reward", "tool", "environment")."""
     if not isinstance(name, str) or not name.strip():
-        raise GrpokitError(f"reward name {name!r} is not a non-empty string; expected {_FORMS}.")
+        raise GrpokitError(f"{what} name {name!r} is not a non-empty string; expected {forms}.")
     name = name.strip()
-    if name in BUILTIN_REWARDS:
-        return BUILTIN_REWARDS[name]
+    if name in builtins:
+        return builtins[name]
 
     file, sep, attribute = name.rpartition(":")
     if sep and file.endswith(".py"):
-        return _get_attribute(_load_file(file, name), attribute, file, name)
+        return _get_attribute(_load_file(file, name, what), attribute, file, name, what)
     if name.endswith(".py"):
         raise GrpokitError(
-            f"reward {name!r} names a file but no function; expected 'path/to/file.py:function'."
+            f"{what} {name!r} names a file but no function; expected 'path/to/file.py:function'."
         )
     if sep:
-        return _get_attribute(_import_module(file, name), attribute, file, name)
+        return _get_attribute(_import_module(file, name, what), attribute, file, name, what)
     module_name, dot, attribute = name.rpartition(".")
     if dot:
-        return _get_attribute(_import_module(module_name, name), attribute, module_name, name)
+        return _get_attribute(_import_module(module_name, name, what), attribute, module_name, name, what)
 
-    close = difflib.get_close_matches(name, list(BUILTIN_REWARDS), n=1, cutoff=0.5)
+    close = difflib.get_close_matches(name, list(builtins), n=1, cutoff=0.5)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise GrpokitError(f"reward {name!r} is not a built-in reward; expected {_FORMS}.{hint}")
+    raise GrpokitError(f"{what} {name!r} is not a built-in {what}; expected {forms}.{hint}")
 
 
 def is_batched(fn: Callable) -> bool:
