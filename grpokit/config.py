@@ -96,6 +96,27 @@ class GRPOConfig:
 
 
 @dataclass
+class EnvConfig:
+    name: str | None = option(None, "Multi-turn rollouts: 'tools' (the built-in tool environment), or your "
+                                    "environment class as file.py:Class or package.module:Class. null: one "
+                                    "completion per prompt.")
+    tools: list = option(["calculator"], "With name: tools, the tools the model may call: built-in names "
+                                         "(calculator) or functions as file.py:function / package.module:function.")
+    format: str = option("auto", "Tool-call format: tags (<tool>...</tool>, answered by <result>...</result>), "
+                                 "chat_template (the tokenizer's own tool-call template), or auto (chat_template "
+                                 "where the tokenizer has one, else tags).")
+    max_turns: int = option(4, "Most policy turns per rollout; a rollout still calling tools after them is "
+                               "truncated and counted.")
+    max_tokens: int = option(256, "Token budget of a whole rollout after the prompt (policy and environment "
+                                  "tokens); each policy turn is also capped at sampling.max_new_tokens.")
+    tool_timeout: float = option(5.0, "Seconds one tool call may run (in a worker process, killed after).")
+    max_result_chars: int = option(200, "Longer tool results are cut to this many characters (and counted).")
+    on_tool_error: str = option("reply", "A tool that raises, times out or returns a non-string: reply (the "
+                                         "error goes back to the model as the tool's result) or end (the "
+                                         "rollout ends there). Either way it is counted.")
+
+
+@dataclass
 class GSPOConfig:
     clip_low: float = option(3e-4, "Sequence-ratio clip: s >= 1 - clip_low (the paper's 3e-4: s is a per-token "
                                    "geometric mean, so it stays very close to 1).")
@@ -264,6 +285,8 @@ class Config:
     )
     sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"help": "Sampling."})
     grpo: GRPOConfig = field(default_factory=GRPOConfig, metadata={"help": "GRPO update rule."})
+    env: EnvConfig = field(default_factory=EnvConfig, metadata={
+        "help": "Multi-turn rollouts: an environment (tools) answers the policy's turns."})
     gspo: GSPOConfig = field(default_factory=GSPOConfig, metadata={
         "help": "GSPO: sequence-level ratio and clip (advantages, KL and num_iterations from grpo)."})
     cispo: CISPOConfig = field(default_factory=CISPOConfig, metadata={
@@ -293,6 +316,8 @@ CHOICES = {
     "gspo.level": ("sequence", "sequence_token"),
     "gspo.aggregation": ("sequence", "token", "constant"),
     "sampling.dynamic_filter": ("total", "pass"),
+    "env.format": ("auto", "tags", "chat_template"),
+    "env.on_tool_error": ("reply", "end"),
     "sampling.engine": ("grpokit", "transformers", "vllm"),
     "vllm.mode": ("colocate", "server"),
     "vllm.importance_correction": ("none", "token_truncate", "token_mask", "sequence_truncate", "sequence_mask"),
