@@ -29,7 +29,7 @@ def cmd_train(args) -> int:
     from grpokit.trainer import train
 
     config = load_config(args.config, [*args.overrides, *(["train.resume=true"] if args.resume else [])])
-    summary = train(config, out_dir=args.out)
+    summary = train(config, out_dir=args.out, overwrite=args.overwrite, allow_config_change=args.allow_config_change)
     if world().is_main:
         print(json.dumps(summary, indent=2))
     world().close()  # several processes: leave the process group together
@@ -89,7 +89,7 @@ def _run_demo(config_path, paths: dict, args) -> int:
 
     overrides = [f"model.path={paths['model']}", f"data.train={paths['train']}", f"data.eval={paths['eval']}",
                  *args.overrides]
-    summary = train(load_config(config_path, overrides), out_dir=args.out)
+    summary = train(load_config(config_path, overrides), out_dir=args.out, overwrite=args.overwrite)
     print(_demo_table(summary))
     print(f"\nrun folder: {summary['run_dir']}\nplot: {summary['plot']}\nsummary: {summary['run_dir']}/summary.json")
     return 0
@@ -262,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default: train.out_dir)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest complete checkpoint (same as train.resume=true)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a run folder that holds a finished run or checkpoints (deletes them first)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: accept changed keys that define the run (recorded in config_changes.jsonl)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("validate", help="check a config, its rewards and every data row without loading a model")
@@ -282,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help=overrides_help)
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     p.add_argument("--home", default=DEMO_HOME, help=f"where the tiny model and data live (default {DEMO_HOME})")
+    p.add_argument("--overwrite", action="store_true", help="start over in a run folder that holds a finished run")
     p.set_defaults(func=cmd_demo)
 
     from grpokit.smollm2 import DEMO_HOME as REAL_HOME
@@ -291,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help=overrides_help)
     p.add_argument("--out", default="runs/demo-real", help="run folder (default runs/demo-real)")
     p.add_argument("--home", default=REAL_HOME, help=f"where the converted model and data live (default {REAL_HOME})")
+    p.add_argument("--overwrite", action="store_true", help="start over in a run folder that holds a finished run")
     p.set_defaults(func=cmd_demo_real)
 
     from grpokit.compare import DEFAULT_METHODS
@@ -356,8 +362,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; overrides (key=value) may also come after options such as --out."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+        if stray:
+            parser.error(f"unrecognized arguments: {' '.join(stray)}")
+        args.overrides = [*args.overrides, *extra]  # in command-line order: a later value wins
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         if args.command not in ("config",):
             _quiet_libraries()

@@ -47,6 +47,7 @@ def load_model(cfg: ModelConfig, path: str | None = None, trainable: bool = Fals
     """A model on the configured device. A model that will be trained keeps float32 parameters
     (bf16 parameters would round away most AdamW updates: bf16(0.02) + 1e-6 == 0.02) and computes
     in `cfg.dtype` through `autocast`; a frozen one (eval, reference) is stored in `cfg.dtype`."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
     path = model_folder(path or cfg.path)
@@ -54,9 +55,19 @@ def load_model(cfg: ModelConfig, path: str | None = None, trainable: bool = Fals
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch.float32 if trainable else DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
         )
+    except SafetensorError as e:  # a truncated or overwritten weights file: its header or data does not parse
+        raise GrpokitError(f"could not load a causal LM from '{path}': {_weights_files(path)} is damaged "
+                           f"(truncated or corrupted: {e}). Restore the file, or point model.path at an intact "
+                           "copy.") from None
     except (OSError, ValueError) as e:
         raise GrpokitError(f"could not load a causal LM from '{path}': {e}") from None
     return model.to(resolve_device(cfg.device))
+
+
+def _weights_files(path: str) -> str:
+    """The safetensors file(s) of a model folder, for a message."""
+    files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
+    return ", ".join(str(f) for f in files) or f"a .safetensors file of {path}"
 
 
 def apply_lora(model, cfg, seed: int = 0):

@@ -6,6 +6,10 @@ from pathlib import Path
 
 from grpokit.jsonl import read_log
 
+# Axes of rates and fractions run a little past [0, 1], so that a value of exactly 0 or 1 (every group
+# all-equal, every answer right) is drawn inside the frame, not hidden under it.
+RATE_LIMITS = (-0.03, 1.03)
+
 
 def plot_training(run_dir: str | Path, out_name: str = "training.png") -> Path:
     """Mean reward and sampled accuracy per step, with held-out accuracy where it was measured."""
@@ -35,7 +39,7 @@ def plot_training(run_dir: str | Path, out_name: str = "training.png") -> Path:
             ax_acc.plot(x, [r.get(key, float("nan")) for r in steps], label=label, alpha=alpha)
     if evals:
         ax_acc.plot([r["step"] for r in evals], [r["eval_accuracy"] for r in evals], "o-", label="held-out (greedy)")
-    ax_acc.set(xlabel="step", ylabel="accuracy", title="Accuracy", ylim=(0, 1))
+    ax_acc.set(xlabel="step", ylabel="accuracy", title="Accuracy", ylim=RATE_LIMITS)
     for ax in (ax_left, ax_acc):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
@@ -90,7 +94,7 @@ def plot_dashboard(run_dir: str | Path, out_name: str = "dashboard.png") -> Path
     reward_keys = [("total", "reward")] + [(k, k) for k in components]
     lines(axes[0, 0], reward_keys, "Reward per component", "reward")
     ax = lines(axes[0, 1], [("sampled (train prompts)", "accuracy"), ("format rate", "format_rate")],
-               "Accuracy", "rate", ylim=(0, 1))
+               "Accuracy", "rate", ylim=RATE_LIMITS)
     if evals:
         ax.plot([r["step"] for r in evals], [r["eval_accuracy"] for r in evals], "o-", label="held-out (greedy)")
         ax.legend(fontsize=8)
@@ -99,10 +103,10 @@ def plot_dashboard(run_dir: str | Path, out_name: str = "dashboard.png") -> Path
     if any(r.get("truncation_rate") is not None for r in steps):
         twin = ax.twinx()
         twin.plot(x, [r.get("truncation_rate") for r in steps], color="tab:red", alpha=0.6, label="truncated")
-        twin.set(ylabel="truncation rate", ylim=(0, 1))
+        twin.set(ylabel="truncation rate", ylim=RATE_LIMITS)
         twin.legend(fontsize=8, loc="lower right")
     lines(axes[1, 1], [("groups with all-equal rewards", "zero_variance_fraction"), ("pass rate", "pass_rate")],
-          "Signal in the groups", "fraction", ylim=(0, 1))
+          "Signal in the groups", "fraction", ylim=RATE_LIMITS)
     ax = axes[1, 2]
     if steps and any(r.get("time_training") is not None for r in steps):
         split = [time_split(r) for r in steps]
