@@ -332,7 +332,7 @@ POSITIVE = ("train.max_consecutive_skips",
             "sampling.group_size", "sampling.max_new_tokens", "sampling.prompts_per_step", "grpo.num_iterations",
             "sampling.max_rounds", "lora.r",
             "optim.micro_batch_size", "offline.batch_size", "online.pairs_per_prompt", "ppo.epochs",
-            "warmup.batch_size", "eval.batch_size")
+            "warmup.batch_size", "eval.batch_size", "train.steps")
 
 
 # ---------------------------------------------------------------------------- walking the tree
@@ -414,8 +414,40 @@ def _validate(config: Config) -> None:
             raise GrpokitError(f"config key '{key}' is {value!r}; expected one of {', '.join(choices)}.")
     for key in POSITIVE:
         section, name = key.split(".")
-        if getattr(getattr(config, section), name) < 1:
-            raise GrpokitError(f"config key '{key}' must be at least 1.")
+        value = getattr(getattr(config, section), name)
+        if value < 1:
+            raise GrpokitError(f"config key '{key}' is {value!r}; expected an integer of at least 1.")
+    # Every other number the run reads, with its allowed range, checked here: before any model loads.
+    # Optional keys (None) are skipped; a float must also be finite (.nan and .inf are refused).
+    ranges = (("optim.lr", lambda v: v > 0, "a positive number"),
+              ("optim.weight_decay", lambda v: v >= 0, "a number >= 0"),
+              ("optim.adam_beta1", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+              ("optim.adam_beta2", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+              ("optim.max_grad_norm", lambda v: v >= 0, "a number >= 0 (0 disables clipping)"),
+              ("optim.warmup_steps", lambda v: v >= 0, "an integer >= 0"),
+              ("warmup.steps", lambda v: v >= 0, "an integer >= 0"),
+              ("warmup.lr", lambda v: v > 0 or (v == 0 and config.warmup.steps == 0),
+               "a positive number (warmup.steps is above 0)" if config.warmup.steps else "a number >= 0"),
+              ("train.seed", lambda v: 0 <= v < 2**31, "an integer in [0, 2**31)"),
+              ("train.threads", lambda v: v >= 0, "an integer >= 0 (0 or null: torch's choice)"),
+              ("train.save_every", lambda v: v >= 0, "an integer >= 0 (0: no checkpoints)"),
+              ("train.keep_checkpoints", lambda v: v >= 0, "an integer >= 0 (0 keeps all)"),
+              ("eval.every", lambda v: v >= 0, "an integer >= 0 (0: only before and after)"),
+              ("eval.max_new_tokens", lambda v: v >= 1, "an integer of at least 1, or null"),
+              ("verify.timeout", lambda v: v > 0, "a positive number of seconds"),
+              ("data.max_train_examples", lambda v: v >= 1, "an integer of at least 1, or null for all rows"),
+              ("data.max_eval_examples", lambda v: v >= 1, "an integer of at least 1, or null for all rows"),
+              ("data.max_prompt_tokens", lambda v: v >= 1, "an integer of at least 1, or null for no limit"),
+              ("grpo.std_eps", lambda v: v >= 0, "a number >= 0"),
+              ("lora.alpha", lambda v: v > 0, "a positive number"),
+              ("lora.dropout", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+              ("vllm.server_timeout", lambda v: v > 0, "a positive number of seconds"),
+              ("vllm.max_model_len", lambda v: v >= 1, "an integer of at least 1, or null"))
+    for key, allowed, expected in ranges:
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value is not None and ((isinstance(value, float) and not math.isfinite(value)) or not allowed(value)):
+            raise GrpokitError(f"config key '{key}' is {value!r}; expected {expected}.")
     if not config.sampling.temperature > 0 or not math.isfinite(config.sampling.temperature):
         raise GrpokitError("config key 'sampling.temperature' must be a positive number for training.")
     trackers_requested(config.train.report_to)
@@ -427,8 +459,8 @@ def _validate(config: Config) -> None:
                 "ppo.kl_coef", "ppo.value_lr", "gspo.clip_low", "gspo.clip_high", "cispo.clip_low", "cispo.clip_high"):
         section, name = key.split(".")
         value = getattr(getattr(config, section), name)
-        if value is not None and value < 0:
-            raise GrpokitError(f"config key '{key}' must not be negative.")
+        if value is not None and not (value >= 0 and math.isfinite(value)):
+            raise GrpokitError(f"config key '{key}' is {value!r}; expected a number >= 0.")
     if not (0.0 <= config.ppo.gamma <= 1.0 and 0.0 <= config.ppo.lam <= 1.0):
         raise GrpokitError("config keys 'ppo.gamma' and 'ppo.lam' must be between 0 and 1.")
     if not isinstance(config.rewards, list) or not config.rewards:

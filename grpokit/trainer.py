@@ -23,7 +23,16 @@ import numpy as np
 import torch
 
 from grpokit.batching import batch_indices
-from grpokit.checkpoint import find_resumable, load_checkpoint, write_run_checkpoint
+from grpokit.checkpoint import (
+    MANIFEST,
+    check_reference,
+    discard_incomplete,
+    find_resumable,
+    load_checkpoint,
+    write_failure,
+    write_manifest,
+    write_run_checkpoint,
+)
 from grpokit.collector import RolloutCollector
 from grpokit.config import Config
 from grpokit.errors import GrpokitError
@@ -188,6 +197,10 @@ class Trainer:
         reference_dir = self.run.path / "reference"
         if self.resume_from is None:
             self.backend.save_model(self.model, reference_dir)
+            if self.world.is_main:
+                write_manifest(reference_dir)  # checksummed like a checkpoint: a resume verifies it
+        else:
+            check_reference(reference_dir)
         self.world.barrier()  # written before any process reads it
         ref_model = load_model(c.model, path=str(reference_dir)).eval().requires_grad_(False)
         return self.backend.prepare_reference(ref_model)
@@ -342,10 +355,18 @@ def _progress(total: int, enabled: bool, initial: int = 0):
     return tqdm(total=total, initial=initial, desc="train", disable=not enabled, dynamic_ncols=True)
 
 
-def train(config: Config, out_dir: str | None = None) -> dict:
-    """Run (or, with train.resume, continue) a whole training job; returns and writes summary.json."""
+def train(config: Config, out_dir: str | None = None, *, overwrite: bool = False,
+          allow_config_change: bool = False) -> dict:
+    """Run (or, with train.resume, continue) a whole training job; returns and writes summary.json.
+
+    The run folder is locked (run.lock) for the whole job. `overwrite`: start over in a folder that
+    holds a finished run or checkpoints (what the earlier run wrote is deleted first).
+    `allow_config_change`: on resume, accept changed keys that define the run, where the new value
+    can act (recorded in config_changes.jsonl; docs/run-folder.md lists the keys)."""
     if out_dir:
         config.train.out_dir = out_dir
+    if overwrite and config.train.resume:
+        raise GrpokitError("--overwrite starts the run over and --resume (train.resume=true) continues it: use one.")
     inputs = prepare_inputs(config)  # before the model: bad input fails fast
     check_world(config, world())
     report_dropped(inputs, config)
@@ -354,31 +375,67 @@ def train(config: Config, out_dir: str | None = None) -> dict:
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     run = RunDir(config.train.out_dir, writer=world().is_main)
-    resume_from = find_resumable(run.path / "checkpoints") if config.train.resume else None
+    held_by_other = world().gather(run.lock() if world().is_main else None)[0]  # every process learns it
+    if held_by_other:
+        raise GrpokitError(held_by_other)
+    try:
+        return _train_in(run, config, inputs, started, overwrite, allow_config_change)
+    except (OSError, RuntimeError) as e:  # a full disk while writing logs, reference/ or final/
+        failure = write_failure(e, run.path, run.path / "checkpoints", what=f"into the run folder {run.path}",
+                                any_os_error=False)
+        if failure is None:
+            raise
+        raise failure from None
+    finally:
+        run.unlock()
+
+
+def _train_in(run: RunDir, config: Config, inputs: Inputs, started: float, overwrite: bool,
+              allow_config_change: bool) -> dict:
+    """The job, in a run folder this process holds: start it, start it over, or continue it."""
+    checkpoints = run.path / "checkpoints"
+    if world().is_main:
+        removed = discard_incomplete(checkpoints)  # a kill or a full disk mid-write left them; never read
+        if removed:
+            print(f"grpokit: removed unfinished checkpoint writes in {checkpoints}: {', '.join(removed)}.",
+                  file=sys.stderr)
+    world().barrier()
+    resume_from = find_resumable(checkpoints) if config.train.resume else None
     cut_rows, resumed_at = [], None  # on resume: the metrics rows the trackers already have, and from where
     if resume_from is None:
+        problem = None if overwrite else run.fresh_start_problem(config.train.resume)
+        if problem:
+            raise GrpokitError(problem)
         if config.train.resume:
-            print(f"grpokit: no checkpoint in {run.path / 'checkpoints'}; starting from the beginning.",
+            print(f"grpokit: no checkpoint in {checkpoints} (no step was saved); starting from the beginning.",
                   file=sys.stderr)
-        if (run.path / "checkpoints").is_dir() and any((run.path / "checkpoints").iterdir()):
-            raise GrpokitError(
-                f"run folder {run.path} already holds checkpoints of an earlier run. Continue it with --resume "
-                "(train.resume=true), or choose another folder with --out (train.out_dir).")
-        run.start(config)
+        run.start(config)  # removes what an earlier attempt (or the run --overwrite discards) wrote
+        world().barrier()
         trainer = Trainer(config, inputs, run)
     else:
         state = json.loads((resume_from / "state.json").read_text(encoding="utf-8"))
-        cut_rows, resumed_at = run.resume(config, state["log_offsets"]), state["step"]
-        print(f"grpokit: resuming from {resume_from} (step {state['step']}).", file=sys.stderr)
+        resumed_at = state["step"]
+        changes = run.config_on_resume(config, resumed_at, allow_config_change)
+        run.check_logs(state["log_offsets"], resume_from)
+        world().barrier()  # every process has checked before the main one cuts the logs
+        cut_rows = run.resume(state["log_offsets"])
+        if world().is_main:
+            run.record_config_changes(changes, resumed_at, allow_config_change)
+            (run.path / "final" / MANIFEST).unlink(missing_ok=True)  # final/ is written again: not finished
+        print(f"grpokit: resuming from {resume_from} (step {resumed_at})"
+              + "".join(f"; {k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
+              + (" (recorded in config_changes.jsonl)" if changes else "") + ".", file=sys.stderr)
         trainer = Trainer(config, inputs, run, resume_from=resume_from)
-        trainer.summary = {**state["summary"], "resumed_at_steps": [*state["summary"].get("resumed_at_steps", []),
-                                                                     state["step"]]}
+        trainer.summary = {**state["summary"], "steps": config.train.steps,
+                           "resumed_at_steps": [*state["summary"].get("resumed_at_steps", []), resumed_at]}
         trainer.wall_before = state["wall_seconds"]
     trainer.started = started
     if world().is_main:
         run.trackers = open_trackers(run.path, config, resumed_at=resumed_at, already_logged=cut_rows)
     summary = trainer.run_job()
     summary["wall_seconds"] = trainer.wall_seconds()
+    if world().is_main:
+        write_manifest(run.path / "final")  # checksummed like a checkpoint; with summary.json: finished
     run.write_json("summary.json", summary)
     world().barrier()  # every process finishes the job before any returns
     return summary
