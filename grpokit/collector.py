@@ -64,11 +64,13 @@ class RolloutCollector:
         c, G = self.config, self.config.sampling.group_size
         t0 = time.perf_counter()
         prompts = [self.inputs.train_prompts[r] for r in rows]
-        rollout = self.sampler.sample(prompts, G)
+        rollout = self.sampler.sample(prompts, G, rows=[self.inputs.train[r].reward_fields() for r in rows])
         t1 = time.perf_counter()
         examples = [self.inputs.train[r] for r in rows for _ in range(G)]
         scores = self.scorer.score([p for p in prompts for _ in range(G)], rollout.completions,
                                    [ex.reward_fields() for ex in examples])
+        if rollout.env_rewards is not None and any(r is not None for r in rollout.env_rewards):
+            scores = scores.with_component("env", rollout.env_rewards)  # the environment's own reward
         if scores.errors:  # logged before the error-rate check, whose message points here
             rank = {"rank": self.world.rank} if self.world.size > 1 else {}
             self.run.append(self.run.errors_path, [{"step": step, **rank, **e} for e in scores.errors],

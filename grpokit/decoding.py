@@ -95,26 +95,28 @@ def supports_cached_decoding(model) -> bool:
 
 
 def decode(model, prompt_ids_NP: torch.Tensor, prompt_mask_NP: torch.Tensor, *, group_size: int,
-           max_new_tokens: int, temperature: float, stop_ids: list[int], pad_id: int
-           ) -> tuple[torch.Tensor, torch.Tensor]:
+           max_new_tokens: int, temperature: float, stop_ids: list[int], pad_id: int,
+           stop_sequences: list[list[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample `group_size` completions per left-padded prompt; rows g*G .. g*G+G-1 share prompt g.
 
     Returns (completion ids (B, C) with `pad_id` after each row's stop token, log-probs (B, C) of
     each drawn token under softmax(logits / T), 0 after the stop), C = the longest completion.
-    temperature 0 is greedy decoding (log-probs then at T = 1).
+    temperature 0 is greedy decoding (log-probs then at T = 1). A row also stops drawing once its tokens
+    end with one of `stop_sequences` (a tool call's close); the tokens after it are not blanked, the
+    caller cuts there (`grpokit.multiturn`).
     """
     with torch.inference_mode():
         tokens_BC, logprobs_BC = _decode(model, prompt_ids_NP, prompt_mask_NP, group_size=group_size,
                                          max_new_tokens=max_new_tokens, temperature=temperature,
-                                         stop_ids=stop_ids, pad_id=pad_id)
+                                         stop_ids=stop_ids, pad_id=pad_id, stop_sequences=stop_sequences)
     # Inference tensors cannot be saved for backward (the ids feed an embedding later); clones made
     # outside inference mode can.
     return tokens_BC.clone(), logprobs_BC.clone()
 
 
 def _decode(model, prompt_ids_NP: torch.Tensor, prompt_mask_NP: torch.Tensor, *, group_size: int,
-            max_new_tokens: int, temperature: float, stop_ids: list[int], pad_id: int
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+            max_new_tokens: int, temperature: float, stop_ids: list[int], pad_id: int,
+            stop_sequences: list[list[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     cache_kw = cache_argument(model)
     device = prompt_ids_NP.device
     N, P = prompt_ids_NP.shape
@@ -147,6 +149,10 @@ def _decode(model, prompt_ids_NP: torch.Tensor, prompt_mask_NP: torch.Tensor, *,
         tokens_BC[live_rows, t] = drawn_L
         logprobs_BC[live_rows, t] = logp_LV.gather(-1, drawn_L[:, None]).squeeze(-1)
         ended_L = ended_L | torch.isin(drawn_L, stop)
+        for sequence in stop_sequences or ():
+            if t + 1 >= len(sequence):
+                tail_LK = tokens_BC[live_rows, t + 1 - len(sequence): t + 1]
+                ended_L = ended_L | (tail_LK == torch.tensor(sequence, device=device)).all(-1)
         n_alive = int((~ended_L).sum())
         if n_alive == 0 or t == max_new_tokens - 1:
             break

@@ -49,19 +49,27 @@ def evaluate(
     k: int = 0,
     temperature: float = 1.0,
     engine: str = "grpokit",
+    sampler=None,
+    rows: list[dict] | None = None,
 ) -> dict:
     """Greedy decoding on every prompt; with k > 1, also k samples each for pass@k and maj@k.
 
     Returns accuracy, format_rate, mean_length, truncation_rate, n, seconds (and pass_at_k,
     maj_at_k, k). pass@k: some sample is correct. maj@k: the most frequent extracted answer
-    (ties broken by first occurrence) is correct.
+    (ties broken by first occurrence) is correct. With a multi-turn `sampler` (`grpokit.multiturn`)
+    and each prompt's row, every answer is a greedy conversation with the environment, and
+    `tool_call_rate` (conversations with at least one tool call) is reported too.
     """
     start = time.perf_counter()
     accuracy_c, format_c = _component(components, "accuracy"), _component(components, "format")
-    correct, formatted, lengths, truncated, outputs = [], [], [], [], []
+    correct, formatted, lengths, truncated, outputs, tool_calls = [], [], [], [], [], []
     for i in range(0, len(prompts), batch_size):
-        rollout = sample(model, tokenizer, prompts[i: i + batch_size], group_size=1,
-                         max_new_tokens=max_new_tokens, temperature=0.0, engine=engine)
+        if sampler is not None:
+            rollout = sampler.sample(prompts[i: i + batch_size], 1, rows=rows[i: i + batch_size], temperature=0.0)
+            tool_calls += [s.get("tool_calls", 0) > 0 for s in rollout.env_stats]
+        else:
+            rollout = sample(model, tokenizer, prompts[i: i + batch_size], group_size=1,
+                             max_new_tokens=max_new_tokens, temperature=0.0, engine=engine)
         for text, answer in zip(rollout.completions, answers[i: i + batch_size]):
             correct.append(_score(accuracy_c, text, answer))
             formatted.append(_score(format_c, text, answer))
@@ -75,6 +83,7 @@ def evaluate(
         "mean_length": sum(lengths) / n,
         "truncation_rate": sum(truncated) / n,
         "n": n,
+        **({"tool_call_rate": sum(tool_calls) / n} if sampler is not None else {}),
     }
     if k > 1:
         result.update(_pass_and_majority(model, tokenizer, prompts, answers, accuracy_c, k=k,

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from grpokit.config import Config
 from grpokit.data import Example, check_pairs, load_examples, render_prompt
+from grpokit.envs import check_environment
 from grpokit.errors import GrpokitError
 from grpokit.methods import method_class
 from grpokit.modeling import load_tokenizer
@@ -30,13 +31,13 @@ class Inputs:
     dropped: dict[str, int]  # rows removed by data.max_prompt_tokens, per split
 
 
-def render_and_filter(examples: list[Example], tokenizer, config: Config, split: str
-                      ) -> tuple[list[Example], list[str], int]:
+def render_and_filter(examples: list[Example], tokenizer, config: Config, split: str,
+                      tools: list[dict] | None = None) -> tuple[list[Example], list[str], int]:
     """Render every prompt (template errors surface here, before the model) and drop prompts
     longer than data.max_prompt_tokens; an empty result is an error naming the filter."""
     d = config.data
-    prompts = [render_prompt(ex.prompt, tokenizer, system_prompt=d.system_prompt, prompt_template=d.prompt_template)
-               for ex in examples]
+    prompts = [render_prompt(ex.prompt, tokenizer, system_prompt=d.system_prompt, prompt_template=d.prompt_template,
+                             tools=tools) for ex in examples]
     if d.max_prompt_tokens is None or not examples:
         return examples, prompts, 0
     lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
@@ -88,8 +89,9 @@ def prepare_inputs(config: Config) -> Inputs:
                    "message is read as 'completion'."))
     # The tokenizer (not the model) is needed to render prompts exactly as the model will see them.
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
-    train, train_prompts, dropped_train = render_and_filter(train, tokenizer, config, "training")
-    eval_, eval_prompts, dropped_eval = render_and_filter(eval_, tokenizer, config, "eval")
+    tools = check_environment(config, tokenizer)  # the tools a chat template shows, if it does
+    train, train_prompts, dropped_train = render_and_filter(train, tokenizer, config, "training", tools)
+    eval_, eval_prompts, dropped_eval = render_and_filter(eval_, tokenizer, config, "eval", tools)
     return Inputs(components, train, eval_, tokenizer, train_prompts, eval_prompts,
                   {"train": dropped_train, "eval": dropped_eval})
 

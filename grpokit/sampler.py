@@ -33,6 +33,16 @@ class Rollout:
     # True when another engine (vLLM) drew the tokens: its log-probs are not the trainer's, and the
     # update corrects for the difference (vllm.importance_correction).
     external_sampler: bool = False
+    # Multi-turn rollouts (`grpokit.multiturn`): per row, what the conversation did (turns, tool calls and
+    # errors, environment tokens, why it was cut) and the environment's own reward (None: none).
+    env_stats: list[dict] | None = None
+    env_rewards: list[float | None] | None = None
+
+    def _rows(self, rows: list[int], tokens: TokenBatch) -> Rollout:
+        return Rollout(tokens, self.sampling_logprobs_BC[rows, : tokens.completion_ids_BC.shape[1]],
+                       self.truncated_B[rows], [self.completions[r] for r in rows], self.group_size,
+                       self.external_sampler, None if self.env_stats is None else [self.env_stats[r] for r in rows],
+                       None if self.env_rewards is None else [self.env_rewards[r] for r in rows])
 
     @property
     def completion_lengths_B(self) -> torch.Tensor:
@@ -41,10 +51,7 @@ class Rollout:
     def select_groups(self, groups: list[int]) -> Rollout:
         """Those groups (by index), in that order."""
         rows = [g * self.group_size + j for g in groups for j in range(self.group_size)]
-        tokens = self.tokens.select(rows)  # trims padding columns: cut the log-probs to match
-        return Rollout(tokens, self.sampling_logprobs_BC[rows, : tokens.completion_ids_BC.shape[1]],
-                       self.truncated_B[rows], [self.completions[r] for r in rows], self.group_size,
-                       self.external_sampler)
+        return self._rows(rows, self.tokens.select(rows))  # select trims padding columns: so are the log-probs
 
     @staticmethod
     def concat(parts: list[Rollout]) -> Rollout:
@@ -52,9 +59,12 @@ class Rollout:
         C = tokens.completion_ids_BC.shape[1]
         logprobs = torch.cat([torch.nn.functional.pad(p.sampling_logprobs_BC, (0, C - p.sampling_logprobs_BC.shape[1]))
                               for p in parts])
+        multi_turn = parts[0].env_stats is not None
         return Rollout(tokens, logprobs, torch.cat([p.truncated_B for p in parts]),
                        [c for p in parts for c in p.completions], parts[0].group_size,
-                       any(p.external_sampler for p in parts))
+                       any(p.external_sampler for p in parts),
+                       [x for p in parts for x in p.env_stats] if multi_turn else None,
+                       [x for p in parts for x in p.env_rewards] if multi_turn else None)
 
 
 class _LogprobRecorder(LogitsProcessor):
@@ -157,8 +167,11 @@ class Sampler:
     """What the rollout collector calls, whatever draws the tokens."""
 
     sync_seconds = 0.0  # time spent pushing the policy's weights to another engine (part of sampling)
+    external = False  # another engine draws the tokens: its log-probs are not the trainer's (vLLM)
 
-    def sample(self, prompts: list[str], group_size: int) -> Rollout:
+    def sample(self, prompts: list[str], group_size: int, rows: list[dict] | None = None) -> Rollout:
+        """`group_size` completions for each prompt; `rows` (the prompts' training rows) start each
+        conversation's environment in a multi-turn sampler."""
         raise NotImplementedError
 
     def after_update(self) -> None:
@@ -175,11 +188,43 @@ class LocalSampler(Sampler):
     def __init__(self, model, tokenizer, config, backend):
         self.model, self.tokenizer, self.config, self.backend = model, tokenizer, config, backend
 
-    def sample(self, prompts: list[str], group_size: int) -> Rollout:
+    def sample(self, prompts: list[str], group_size: int, rows: list[dict] | None = None) -> Rollout:
         s = self.config.sampling
         with self.backend.full_weights(self.model) as whole:
             return sample(whole, self.tokenizer, prompts, group_size=group_size, max_new_tokens=s.max_new_tokens,
                           temperature=s.temperature, engine=s.engine)
+
+
+    @torch.no_grad()
+    def continue_ids(self, contexts: list[list[int]], *, max_new_tokens: int,
+                     stop_sequences: list[list[int]] | None = None, temperature: float | None = None
+                     ) -> list[tuple[list[int], list[float]]]:
+        """One continuation of each token context (a multi-turn conversation so far): its drawn ids and
+        their sampling log-probs (sampling.temperature unless given; 0: greedy). The caller cuts each
+        where its turn ends (`grpokit.multiturn`)."""
+        s, tokenizer = self.config.sampling, self.tokenizer
+        temperature = s.temperature if temperature is None else temperature
+        width = max(len(ids) for ids in contexts)
+        pad = pad_id(tokenizer)
+        ids_BP = torch.tensor([[pad] * (width - len(ids)) + ids for ids in contexts], dtype=torch.long)
+        mask_BP = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in contexts], dtype=torch.long)
+        with self.backend.full_weights(self.model) as whole:
+            device = next(whole.parameters()).device
+            ids_BP, mask_BP = ids_BP.to(device), mask_BP.to(device)
+            stop_ids = stop_token_ids(tokenizer, whole)
+            was_training = whole.training
+            whole.eval()
+            try:
+                if s.engine == "grpokit" and supports_cached_decoding(whole):
+                    drawn_BC, logprobs_BC = decode(whole, ids_BP, mask_BP, group_size=1, max_new_tokens=max_new_tokens,
+                                                   temperature=temperature, stop_ids=stop_ids, pad_id=pad,
+                                                   stop_sequences=stop_sequences)
+                else:
+                    drawn_BC, logprobs_BC = _generate(whole, tokenizer, ids_BP, mask_BP, max_new_tokens,
+                                                      temperature, stop_ids)
+            finally:
+                whole.train(was_training)
+        return list(zip(drawn_BC.tolist(), logprobs_BC.tolist()))
 
 
 def finish_rollout(tokenizer, prompt_ids_BP, prompt_mask_BP, completion_ids_BC, logprobs_BC, stop_ids: list[int],

@@ -26,6 +26,7 @@ class StepRecord:
     advantages: list[float | None] | None  # None for a group dynamic sampling dropped
     groups_trained: int
     scored: list[bool]  # every reward verified it (an unscored completion is unknown, and not trained on)
+    env_stats: list[dict] | None = None  # multi-turn: per conversation, turns, tool calls and errors, cut_by
 
     @staticmethod
     def merge(parts: list[StepRecord]) -> StepRecord:
@@ -38,7 +39,7 @@ class StepRecord:
 
         return StepRecord(joined("rows"), Scores.concat([p.scores for p in parts]), joined("lengths"),
                           joined("truncated"), joined("completions"), joined("passed"), joined("advantages"),
-                          sum(p.groups_trained for p in parts), joined("scored"))
+                          sum(p.groups_trained for p in parts), joined("scored"), joined("env_stats"))
 
 
 def step_metrics(step: int, record: StepRecord, group_size: int, components, update: dict) -> dict:
@@ -65,6 +66,25 @@ def step_metrics(step: int, record: StepRecord, group_size: int, components, upd
         **update,
         "tokens_generated": int(lengths.sum().item()),
     })
+    if record.env_stats is not None:
+        row.update(env_metrics(record.env_stats))
+        row["tokens_generated"] = sum(s["policy_tokens"] for s in record.env_stats)  # the policy's, not the tools'
+    return row
+
+
+def env_metrics(stats: list[dict]) -> dict:
+    """Multi-turn rollouts: turns, tool calls and their errors by kind, the environment's share of the
+    tokens, and which limit cut the truncated ones."""
+    n = len(stats)
+    counted = {k for s in stats for k, v in s.items() if isinstance(v, int) and k.startswith(("tool_", "truncated_"))}
+    env_tokens = sum(s["env_tokens"] for s in stats)
+    row = {"turns_per_rollout": sum(s["turns"] for s in stats) / n,
+           "tool_calls_per_rollout": sum(s.get("tool_calls", 0) for s in stats) / n,
+           "tool_call_rate": sum(1 for s in stats if s.get("tool_calls", 0) > 0) / n,
+           "env_token_fraction": env_tokens / max(env_tokens + sum(s["policy_tokens"] for s in stats), 1),
+           "truncated_by_turns": sum(1 for s in stats if s["cut_by"] == "turns"),
+           "truncated_by_tokens": sum(1 for s in stats if s["cut_by"] == "tokens")}
+    row.update({key: sum(s.get(key, 0) for s in stats) for key in sorted(counted - {"tool_calls"})})
     return row
 
 
@@ -83,6 +103,7 @@ def rollout_records(step: int, record: StepRecord, group_size: int, prompts: lis
          "completion": record.completions[i], "rewards": {k: v[i] for k, v in scores.components.items()},
          "reward": scores.total[i], "passed": record.passed[i] if record.passed is not None else None,
          **({"advantage": record.advantages[i]} if record.advantages is not None else {}),
-         "truncated": record.truncated[i], "scored": record.scored[i]}
+         "truncated": record.truncated[i], "scored": record.scored[i],
+         **({"env": record.env_stats[i]} if record.env_stats is not None else {})}
         for i in range(len(record.completions))
     ]

@@ -35,14 +35,16 @@ from grpokit.checkpoint import (
 )
 from grpokit.collector import RolloutCollector
 from grpokit.config import Config
+from grpokit.envs import make_environments
 from grpokit.errors import GrpokitError
 from grpokit.evaluation import evaluate
 from grpokit.inputs import Inputs, check_world, prepare_inputs, report_dropped
 from grpokit.methods import METHODS, Method, ScoredGroups, shardable_methods
 from grpokit.methods.sft import sft_step
 from grpokit.modeling import AdapterDisabledReference, apply_lora, autocast, load_lora, load_model, model_folder
+from grpokit.multiturn import MultiTurnSampler
 from grpokit.optim import build_optimizer, build_scheduler
-from grpokit.parallel import choose_backend, world
+from grpokit.parallel import choose_backend, single_process, world
 from grpokit.plots import plot_dashboard, plot_training
 from grpokit.rewards import make_scorer
 from grpokit.rewards.passing import passed, resolve_pass_reward
@@ -76,6 +78,7 @@ class Trainer:
         v = config.verify
         self.scorer = make_scorer(config.rewards, timeout=v.timeout, isolate=v.isolate)
         self.sampler = None  # started with an online method (train_method)
+        self.eval_envs = None  # multi-turn evaluation's environments, made at the first evaluation
 
     @property
     def lora_base_dir(self) -> Path:
@@ -117,6 +120,8 @@ class Trainer:
                 return self.summary
         finally:
             self.scorer.close()
+            if self.eval_envs is not None:
+                self.eval_envs.close()
             if self.sampler is not None:
                 self.sampler.close()
             self.run.close_trackers()
@@ -210,9 +215,12 @@ class Trainer:
         if c.sampling.engine == "vllm":
             from grpokit.vllm_engine import VLLMSampler  # vLLM is an optional extra
 
-            return VLLMSampler(c, model_folder(c.model.path), self.backend, seed=c.train.seed, model=self.model,
-                               tokenizer=self.tokenizer)
-        return LocalSampler(self.model, self.tokenizer, c, self.backend)
+            engine = VLLMSampler(c, model_folder(c.model.path), self.backend, seed=c.train.seed, model=self.model,
+                                 tokenizer=self.tokenizer)
+        else:
+            engine = LocalSampler(self.model, self.tokenizer, c, self.backend)
+        envs = make_environments(c, self.tokenizer)  # multi-turn: an environment answers each conversation
+        return engine if envs is None else MultiTurnSampler(engine, self.tokenizer, envs, c)
 
     def _resume(self, optimizer, scheduler) -> int:
         """Restore what the checkpoint holds beyond the weights; returns the first step to run."""
@@ -252,7 +260,7 @@ class Trainer:
             advantages = [advantage_of.get(i) for i in range(len(scores.total))]
         record = StepRecord(collected.rows, scores, rollout.completion_lengths_B.tolist(), rollout.truncated_B.tolist(),
                             rollout.completions, None if passed_B is None else passed_B.tolist(), advantages, len(kept),
-                            scored_B.tolist())
+                            scored_B.tolist(), rollout.env_stats)
         record = StepRecord.merge(self.world.gather(record))  # every process's groups, for the step's metrics
         if not self.world.is_main:
             return {}
@@ -315,11 +323,18 @@ class Trainer:
 
     def _evaluate(self, step: int, label: str, model) -> dict:
         c = self.config
+        conversations = None  # multi-turn: each answer is a greedy conversation with the environment
+        if c.env.name:
+            self.eval_envs = self.eval_envs or make_environments(c, self.tokenizer)
+            conversations = MultiTurnSampler(LocalSampler(model, self.tokenizer, c, single_process()),
+                                             self.tokenizer, self.eval_envs, c)
         result = evaluate(model, self.tokenizer, self.inputs.eval_prompts, [ex.answer for ex in self.inputs.eval],
                           self.inputs.components, max_new_tokens=c.eval.max_new_tokens or c.sampling.max_new_tokens,
-                          batch_size=c.eval.batch_size, engine=c.sampling.engine)
+                          batch_size=c.eval.batch_size, engine=c.sampling.engine, sampler=conversations,
+                          rows=[ex.reward_fields() for ex in self.inputs.eval])
         self.run.log_metrics({"step": step, "phase": label, "eval_accuracy": result["accuracy"],
                               "eval_format_rate": result["format_rate"], "eval_mean_length": result["mean_length"],
+                              **({"eval_tool_call_rate": result["tool_call_rate"]} if conversations else {}),
                               "eval_seconds": result["seconds"], "train_seconds": self.train_seconds})
         return {k: v for k, v in result.items() if k != "samples"}
 

@@ -97,6 +97,8 @@ class VLLMSampler(Sampler):
     """Draws G completions per prompt with vLLM and keeps vLLM's weights equal to the policy's
     (pushed before the first sampling after each update)."""
 
+    external = True
+
     def __init__(self, config, model_path: str, backend, seed: int, *, model, tokenizer):
         self.config, self.backend, self.world = config, backend, backend.world
         self.model, self.tokenizer = model, tokenizer
@@ -202,8 +204,8 @@ class VLLMSampler(Sampler):
         self.synced = False
 
     # ------------------------------------------------------------------ sampling
-    def sample(self, prompts: list[str], group_size: int, *, max_new_tokens: int | None = None,
-               temperature: float | None = None) -> Rollout:
+    def sample(self, prompts: list[str], group_size: int, rows: list[dict] | None = None, *,
+               max_new_tokens: int | None = None, temperature: float | None = None) -> Rollout:
         """sampling.max_new_tokens and sampling.temperature unless given."""
         s, model, tokenizer = self.config.sampling, self.model, self.tokenizer
         max_new_tokens = s.max_new_tokens if max_new_tokens is None else max_new_tokens
@@ -232,6 +234,20 @@ class VLLMSampler(Sampler):
         return finish_rollout(tokenizer, prompt_ids_NP.repeat_interleave(group_size, dim=0),
                               prompt_mask_NP.repeat_interleave(group_size, dim=0), completion_ids_BC, logprobs_BC,
                               stop_ids, group_size, external_sampler=True)
+
+    def continue_ids(self, contexts: list[list[int]], *, max_new_tokens: int,
+                     stop_sequences: list[list[int]] | None = None, temperature: float | None = None
+                     ) -> list[tuple[list[int], list[float]]]:
+        """One continuation per token context (a multi-turn conversation so far), drawn by vLLM; the
+        caller cuts each at its turn's end (`grpokit.multiturn`), so stop strings need no vLLM support."""
+        stop_ids = stop_token_ids(self.tokenizer, self.model)
+        if not self.synced:
+            self.sync(self.model)
+        temperature = self.config.sampling.temperature if temperature is None else temperature
+        if self.mode == "colocate":
+            return self._generate_colocated(contexts, 1, max_new_tokens, temperature, stop_ids,
+                                            self.tokenizer.eos_token_id)
+        return self._generate_server(contexts, 1, max_new_tokens, temperature, stop_ids)
 
     def _generate_colocated(self, token_lists, group_size, max_new_tokens, temperature, stop_ids, eos_id):
         params = self.SamplingParams(n=group_size, temperature=temperature, top_p=1.0, max_tokens=max_new_tokens,

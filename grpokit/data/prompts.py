@@ -13,6 +13,7 @@ def render_prompt(
     *,
     system_prompt: str | None = None,
     prompt_template: str | None = None,
+    tools: list[dict] | None = None,
 ) -> str:
     """The exact text the model sees for `prompt`, in this order of precedence:
 
@@ -20,7 +21,8 @@ def render_prompt(
        `{prompt}`: "Question: {prompt}\\nAnswer:". A `system_prompt` goes before it, then "\\n".
     2. A tokenizer with a chat template renders the conversation (a string prompt becomes one
        user message; `system_prompt` is added first unless a system message exists) and opens
-       the assistant's turn (`add_generation_prompt=True`).
+       the assistant's turn (`add_generation_prompt=True`); `tools` (JSON schemas) are rendered by
+       the template where it shows tools (multi-turn rollouts in the chat-template tool format).
     3. Otherwise a string prompt is used as it is, after `system_prompt` and "\\n" if given.
        A conversation is an error here: joining messages into a layout the model never saw in
        training would quietly hurt it, so the user must choose a template.
@@ -45,7 +47,7 @@ def render_prompt(
 
         try:
             return tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
+                messages, tokenize=False, add_generation_prompt=True, **({"tools": tools} if tools else {})
             )
         except TemplateError as e:
             raise GrpokitError(

@@ -57,6 +57,8 @@ class Method:
     dynamic_sampling: bool = True  # dropping all-equal groups keeps what it learns from
     can_shard: bool = False  # every process makes the same model calls (FSDP / DeepSpeed can hold it)
     trains_value_model: bool = False  # a second trained model beside the policy (PPO's critic)
+    # Why it cannot train on multi-turn rollouts (environment tokens inside the completion), or None: it can.
+    multi_turn_refusal: str | None = None
 
     def __init__(self, config: Config, model, tokenizer, backend):
         self.config, self.model, self.tokenizer, self.backend = config, model, tokenizer, backend
@@ -75,6 +77,12 @@ class Method:
         if G < cls.min_group_size:
             raise GrpokitError(f"config key 'sampling.group_size' must be at least {cls.min_group_size} for {name} "
                                "(it compares completions within a group).")
+        if config.env.name and not cls.online:
+            raise GrpokitError(f"config key 'env.name' makes multi-turn rollouts, but {name} trains on a fixed "
+                               "dataset and samples nothing; unset env.name or choose an online method.")
+        if config.env.name and cls.multi_turn_refusal:
+            raise GrpokitError(f"{name} cannot train on multi-turn rollouts (env.name is set): "
+                               f"{cls.multi_turn_refusal}")
         if config.sampling.dynamic and not cls.dynamic_sampling:
             raise GrpokitError(f"sampling.dynamic drops groups whose rewards are all equal, and all-pass groups are "
                                f"exactly what {name} trains on; use it with a method that learns from reward "

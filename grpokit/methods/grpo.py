@@ -77,7 +77,7 @@ def grpo_update(model, optimizer, scheduler, rollout: Rollout, advantages_B: tor
     w = backend.world  # with several processes the normalisers count the whole step, every process's rows
     trained = len(tokens) if left_out_B is None else int((~left_out_B).sum())
     norm = LossNormalizers(num_sequences=int(w.sum(trained)), num_tokens=int(w.sum(int(mask_BC.sum()))),
-                           max_len=config.sampling.max_new_tokens)
+                           max_len=config.env.max_tokens if config.env.name else config.sampling.max_new_tokens)
     # With beta = 0 a completion whose advantage is exactly 0 (every member of an all-equal group)
     # has zero loss and zero gradient: leave it out of the forward and backward passes. The
     # normalisers above still count it, so the update is the same (tested to 1e-6). A completion not

@@ -63,6 +63,25 @@ def token_rewards(rewards_B: torch.Tensor, lengths_B: torch.Tensor, logp_BT: tor
     return out_BT
 
 
+def policy_token_gae(rewards_BC: torch.Tensor, values_BC: torch.Tensor, mask_BC: torch.Tensor, *, gamma: float,
+                     lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE over the policy's own tokens of multi-turn rollouts: environment tokens are skipped, not
+    episode ends, so V(t+1) is the value at the policy's next token, after the environment's reply.
+    Each row's policy tokens are packed to the left, `gae` runs on them, and the results go back in place."""
+    mask_BC = mask_BC.bool()
+    counts_B = mask_BC.sum(-1)
+    K = max(int(counts_B.max()), 1) if len(counts_B) else 1
+    # positions of each row's policy tokens first (stable: in order), then the rest
+    order_BC = torch.sort((~mask_BC).to(torch.int8), dim=-1, stable=True).indices[:, :K]
+    packed_mask_BK = torch.arange(K, device=mask_BC.device) < counts_B[:, None]
+    advantages_BK, returns_BK = gae(rewards_BC.gather(1, order_BC), values_BC.gather(1, order_BC), packed_mask_BK,
+                                    gamma=gamma, lam=lam)
+    advantages_BC, returns_BC = torch.zeros_like(values_BC), torch.zeros_like(values_BC)
+    advantages_BC.scatter_(1, order_BC, advantages_BK * packed_mask_BK)
+    returns_BC.scatter_(1, order_BC, returns_BK * packed_mask_BK)
+    return advantages_BC, returns_BC
+
+
 class PPO(Method):
     trains_value_model = True
 
@@ -106,8 +125,12 @@ class PPO(Method):
         c, p, backend = self.config, self.config.ppo, self.backend
         T = c.sampling.temperature
         tokens = data.rollout.tokens.to(self.device)
-        mask_BC = tokens.completion_mask_BC
-        lengths_B = mask_BC.sum(-1)
+        mask_BC = tokens.trained_mask_BC  # the policy's tokens (multi-turn: not the environment's)
+        lengths_B = tokens.completion_mask_BC.sum(-1)
+        multi_turn = tokens.policy_mask_BC is not None
+        # The verified reward goes on the last policy token: with environment replies inside, not the last token.
+        positions_BC = torch.arange(1, mask_BC.shape[1] + 1, device=self.device)
+        ends_B = (mask_BC * positions_BC).amax(-1) if multi_turn and mask_BC.numel() else lengths_B
         rewards_B = data.rewards_B.to(self.device)
         # A completion whose verification failed has no reward: its tokens leave the loss mask, so it
         # gets no reward, no policy gradient, no value target and no place in the normalisers. Every
@@ -127,7 +150,7 @@ class PPO(Method):
             return self.value_model.values(b.input_ids(), b.attention_mask(), b.prompt_ids_BP.shape[1])
 
         def loss_mask(rows, b):  # the micro-batch's mask, without the left-out completions
-            return mask_BC[rows, : b.completion_mask_BC.shape[1]] if left_out else b.completion_mask_BC
+            return mask_BC[rows, : b.completion_mask_BC.shape[1]] if left_out else b.trained_mask_BC
 
         def full(parts):  # per-chunk (rows, width) tensors -> one (B, C) tensor, 0 on padding
             out = torch.zeros(mask_BC.shape, dtype=torch.float32, device=self.device)
@@ -143,8 +166,9 @@ class PPO(Method):
             old_logp_BC = full([logprobs(self.model, b) for b in batches])
             old_values_BC = full([values(b) for b in batches])
             ref_logp_BC = full([logprobs(ref_model, b) for b in batches]) if self.needs_reference(c) else None
-        rewards_BC = token_rewards(rewards_B, lengths_B, old_logp_BC, ref_logp_BC, mask_BC, p.kl_coef)
-        advantages_BC, returns_BC = gae(rewards_BC, old_values_BC, mask_BC, gamma=p.gamma, lam=p.lam)
+        rewards_BC = token_rewards(rewards_B, ends_B, old_logp_BC, ref_logp_BC, mask_BC, p.kl_coef)
+        estimate = policy_token_gae if multi_turn else gae
+        advantages_BC, returns_BC = estimate(rewards_BC, old_values_BC, mask_BC, gamma=p.gamma, lam=p.lam)
         total = backend.world.sum  # several processes: statistics and normalisers of the whole step
         if p.whiten_advantages:
             advantages_BC = masked_whiten(advantages_BC, mask_BC, total=total)

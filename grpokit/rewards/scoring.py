@@ -143,6 +143,14 @@ class Scores:
             }
         return out
 
+    def with_component(self, name: str, values: list[float | None], weight: float = 1.0) -> Scores:
+        """These scores plus one more component computed elsewhere (a multi-turn environment's reward)."""
+        if name in self.components:
+            raise GrpokitError(f"a reward component is already named {name!r}; rename it (alias) so the "
+                               f"environment's reward can be logged as {name!r}.")
+        total = [t + weight * v if v is not None else t for t, v in zip(self.total, values)]
+        return Scores({**self.components, name: list(values)}, total, self.errors, {**self.error_counts, name: {}})
+
     def verified(self) -> list[bool]:
         """Per sample: no reward failed on it (a None that means "not applicable" is not a failure).
         An unverified completion is unknown, not wrong: it stays out of baselines and pairs."""
