@@ -210,19 +210,23 @@ class RunDir:
             lines = []
             for key in [*never, *refused]:
                 old, new = changed[key]
-                why = RESUME_NEVER.get(key, "the SFT warm-up is over") if key in never else ""
-                if key == "train.steps" and new < step:
-                    why = f"the checkpoint is at step {step}"
+                why = ""
+                if key in never:
+                    why = "fixed: " + RESUME_NEVER.get(key, "the SFT warm-up is over")
+                    if key == "train.steps":
+                        why = f"fixed: the checkpoint is at step {step}"
                 elif key == "train.steps":
                     why = f"the {config.optim.schedule} learning-rate schedule is spread over train.steps"
                 lines.append(f"  {key}: {old!r} -> {new!r}" + (f" ({why})" if why else ""))
-            advice = ("Resume with the values the run used, or start a new run in another folder (--out)"
-                      + (", or pass --allow-config-change to continue with the new values of the keys not marked as "
-                         "fixed (each change is recorded in config_changes.jsonl)." if refused and not never else "."))
-            fixed = " (fixed: the checkpoint holds them, or they no longer act)" if never else ""
+            advice = "Resume with the values the run used, or start a new run in another folder (--out)"
+            if refused:
+                advice += (", or pass --allow-config-change to continue with the new values"
+                           + (" of the keys not marked fixed" if never else "")
+                           + " (each change is recorded in config_changes.jsonl)")
+            changes_file = ", config_changes.jsonl" if self._changes_path.is_file() else ""
             raise GrpokitError(f"cannot resume the run in {self.path}: the config differs from the one the run used "
-                               f"(config.yaml{', config_changes.jsonl' if self._changes_path.is_file() else ''}) in "
-                               f"keys that define the run{fixed}:\n" + "\n".join(lines) + "\n" + advice)
+                               f"(config.yaml{changes_file}) in keys that define it:\n" + "\n".join(lines) + "\n"
+                               + advice + ".")
         return accepted
 
     @property

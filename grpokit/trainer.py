@@ -203,9 +203,7 @@ class Trainer:
         if self.resume_from is None:
             self.backend.save_model(self.model, reference_dir)
             if self.world.is_main:
-                write_manifest(reference_dir)  # checksummed like a checkpoint: a resume verifies it
-        else:
-            check_reference(reference_dir)
+                write_manifest(reference_dir)  # checksummed like a checkpoint: a resume verifies it (train())
         self.world.barrier()  # written before any process reads it
         ref_model = load_model(c.model, path=str(reference_dir)).eval().requires_grad_(False)
         return self.backend.prepare_reference(ref_model)
@@ -432,6 +430,8 @@ def _train_in(run: RunDir, config: Config, inputs: Inputs, started: float, overw
         resumed_at = state["step"]
         changes = run.config_on_resume(config, resumed_at, allow_config_change)
         run.check_logs(state["log_offsets"], resume_from)
+        if (run.path / "reference").exists():
+            check_reference(run.path / "reference")  # before anything in the folder changes
         world().barrier()  # every process has checked before the main one cuts the logs
         cut_rows = run.resume(state["log_offsets"])
         if world().is_main:
