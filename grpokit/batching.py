@@ -97,17 +97,31 @@ def encode_prompts(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.T
     return ids_BP, mask_BP
 
 
-def encode_pairs(tokenizer, prompts: list[str], completions: list[str]) -> TokenBatch:
-    """Tokenise (prompt, target completion) pairs for supervised losses; EOS ends each target."""
+def encode_pairs(tokenizer, prompts: list[str], completions: list[str], context_spans=None) -> TokenBatch:
+    """Tokenise (prompt, target completion) pairs for supervised losses; EOS ends each target.
+
+    `context_spans(text)` -> [(start, end), ...] marks character spans of a target that are context,
+    not target (a multi-turn demonstration's tool results): their tokens get policy mask 0.
+    """
     prompt_ids_BP, prompt_mask_BP = encode_prompts(tokenizer, prompts)
-    targets = [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for c in completions]
+    encoded = [tokenizer(c, add_special_tokens=False, return_offsets_mapping=context_spans is not None)
+               for c in completions]
+    targets = [e["input_ids"] + [tokenizer.eos_token_id] for e in encoded]
     width = max(len(t) for t in targets)
     completion_ids_BC = torch.full((len(targets), width), tokenizer.pad_token_id, dtype=torch.long)
     completion_mask_BC = torch.zeros((len(targets), width), dtype=torch.long)
     for i, t in enumerate(targets):
         completion_ids_BC[i, : len(t)] = torch.tensor(t)
         completion_mask_BC[i, : len(t)] = 1
-    return TokenBatch(prompt_ids_BP, prompt_mask_BP, completion_ids_BC, completion_mask_BC)
+    if context_spans is None:
+        return TokenBatch(prompt_ids_BP, prompt_mask_BP, completion_ids_BC, completion_mask_BC)
+    policy_mask_BC = completion_mask_BC.clone()
+    for i, (e, text) in enumerate(zip(encoded, completions)):
+        spans = context_spans(text)
+        for j, (start, end) in enumerate(e["offset_mapping"]):
+            if any(s <= start and end <= t for s, t in spans):
+                policy_mask_BC[i, j] = 0
+    return TokenBatch(prompt_ids_BP, prompt_mask_BP, completion_ids_BC, completion_mask_BC, policy_mask_BC)
 
 
 def micro_batches(num_rows: int, size: int, lengths_B: torch.Tensor | None = None) -> list[list[int]]:

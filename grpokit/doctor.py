@@ -16,13 +16,17 @@ import torch
 
 from grpokit.advantages import zero_variance_groups
 from grpokit.config import Config
+from grpokit.envs import make_environments
 from grpokit.inputs import prepare_inputs
 from grpokit.methods import METHODS
 from grpokit.modeling import apply_lora, autocast, load_model
+from grpokit.multiturn import MultiTurnSampler
+from grpokit.parallel import single_process
 from grpokit.rewards import BUILTIN_REWARDS, make_scorer
 from grpokit.rewards.builtin import DEFAULT_FORMAT_PATTERN
 from grpokit.run_dir import peak_memory_mb
-from grpokit.sampler import sample
+from grpokit.sampler import LocalSampler, sample
+from grpokit.step_log import env_metrics
 
 # Thresholds for warnings; each warning states the number it saw.
 MAX_TRUNCATION_RATE = 0.10
@@ -36,6 +40,22 @@ class Report:
     stats: dict  # truncation, zero-variance fraction, per-component means and whether they vary, ...
     memory: dict  # the estimate's parts and the measured peak of one training micro-batch
     warnings: list[str] = field(default_factory=list)
+    conversation: dict | None = None  # multi-turn: the tools offered and one conversation, trained tokens marked
+
+
+def marked_conversation(rollout, row: int, tokenizer) -> str:
+    """Row `row` of a multi-turn rollout as text, the environment's tokens in [[env: ...]]: everything
+    outside the brackets is the policy's own and trained on."""
+    ids = rollout.tokens.completion_ids_BC[row].tolist()
+    policy = rollout.tokens.trained_mask_BC[row].tolist()
+    n = int(rollout.tokens.completion_mask_BC[row].sum())
+    parts, start = [], 0
+    for i in range(1, n + 1):
+        if i == n or policy[i] != policy[start]:
+            text = tokenizer.decode(ids[start:i], skip_special_tokens=False)
+            parts.append(text if policy[start] else f"[[env: {text}]]")
+            start = i
+    return "".join(parts)
 
 
 def prefills_think(prompt: str) -> bool:
@@ -87,10 +107,17 @@ def run_doctor(config: Config, *, num_groups: int = 4, show_prompts: int = 2, sh
         model = apply_lora(model, config.lora, seed=config.train.seed)
     device = next(model.parameters()).device
     torch.manual_seed(config.train.seed)
+    envs = make_environments(config, tokenizer)
     with autocast(config.model, device):
         started = time.perf_counter()
-        rollout = sample(model, tokenizer, prompts, group_size=G, max_new_tokens=s.max_new_tokens,
-                         temperature=s.temperature, engine=s.engine)
+        if envs is None:
+            rollout = sample(model, tokenizer, prompts, group_size=G, max_new_tokens=s.max_new_tokens,
+                             temperature=s.temperature, engine=s.engine)
+        else:  # multi-turn: conversations with the environment, as training samples them
+            sampler = MultiTurnSampler(LocalSampler(model, tokenizer, config, single_process()), tokenizer, envs,
+                                       config)
+            rollout = sampler.sample(prompts, G, rows=[ex.reward_fields() for ex in examples])
+            sampler.close()
         sampling_seconds = time.perf_counter() - started
     fields = [ex.reward_fields() for ex in examples for _ in range(G)]
     with make_scorer(config.rewards, timeout=config.verify.timeout, isolate=config.verify.isolate) as scorer:
@@ -121,6 +148,12 @@ def run_doctor(config: Config, *, num_groups: int = 4, show_prompts: int = 2, sh
     memory["measured_peak_mb"] = _measure_micro_batch(model, rollout, config)
     memory["measured_on"] = device.type
     report = Report(shown, samples, stats, memory)
+    if envs is not None:
+        # the conversation with the most environment tokens shows the masking best
+        row = max(range(len(rollout.env_stats)), key=lambda i: rollout.env_stats[i]["env_tokens"])
+        report.conversation = {"offered": envs.describe(), "format": getattr(envs.format, "name", "custom"),
+                               "text": marked_conversation(rollout, row, tokenizer), "row": row,
+                               "stats": env_metrics(rollout.env_stats)}
     report.warnings = warnings_for(report, config, inputs.components)
     return report
 
@@ -214,6 +247,13 @@ def format_report(report: Report) -> str:
               f"reward call failures: {st['reward_error_rate']:.0%}; completions with <answer>: "
               f"{st['answer_tag_rate']:.0%}",
               f"chat template pre-fills <think>: {'yes' if st['prefills_think'] else 'no'}"]
+    if report.conversation is not None:
+        conv = report.conversation
+        lines += [f"\n== one conversation ({conv['format']} format; trained tokens plain, the environment's "
+                  "in [[env: ...]]) ==", f"offered: {conv['offered'] or '(nothing described)'}",
+                  f"[completion {conv['row']}] {conv['text']!r}",
+                  "multi-turn: " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                                            for k, v in conv["stats"].items())]
     m = report.memory
     lines += ["\n== memory ==",
               "estimate for one micro-batch step (MB): " + ", ".join(

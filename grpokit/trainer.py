@@ -133,14 +133,18 @@ class Trainer:
         scheduler = build_scheduler(optimizer, w.steps, warmup_steps=0, schedule=w.schedule)
         completions = [ex.fields[w.completion_field] for ex in self.inputs.train]
         prompts = self.inputs.train_prompts
+        envs = make_environments(c, self.tokenizer)  # multi-turn demonstrations: tool results are not targets
         self.model.train()
         for i, rows in enumerate(batch_indices(len(prompts), w.batch_size, w.steps, random.Random(c.train.seed))):
             rows = self.world.shard(rows)
             metrics = sft_step(self.model, self.tokenizer, optimizer, [prompts[r] for r in rows],
                                [completions[r] for r in rows], backend=self.backend,
                                micro_batch_size=c.optim.micro_batch_size, max_grad_norm=c.optim.max_grad_norm,
-                               scheduler=scheduler, share_prompts=c.train.share_prompt_forward)
+                               scheduler=scheduler, share_prompts=c.train.share_prompt_forward,
+                               context_spans=envs.context_spans if envs else None)
             self.run.log_metrics({"step": i + 1, "phase": "warmup", **metrics})
+        if envs:
+            envs.close()
 
     def train_method(self) -> None:
         c = self.config

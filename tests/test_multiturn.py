@@ -240,3 +240,45 @@ def test_every_online_method_trains_on_conversations_and_never_on_tool_results(t
         assert (trained[policy == 0] == 0).all()  # an environment token is never trained on
         assert (trained <= attended).all()
     assert "eval_tool_call_rate" in summary["eval_after"] or "tool_call_rate" in summary["eval_after"]
+
+
+def test_the_warm_up_does_not_train_on_tool_results_in_demonstrations(tiny_model_and_tokenizer, tiny_home):
+    from grpokit.batching import encode_pairs
+
+    _, tokenizer = tiny_model_and_tokenizer
+    envs = EnvironmentFactory(_config(tiny_home), tokenizer)
+    demo = "<tool>calculator(37*48)</tool><result>1776</result><answer>1776</answer>"
+    batch = encode_pairs(tokenizer, ["Q"], [demo], envs.context_spans)
+    ids, policy = batch.completion_ids_BC[0].tolist(), batch.policy_mask_BC[0].tolist()
+    assert tokenizer.decode([i for i, p in zip(ids, policy) if p == 0]) == "<result>1776</result>"
+    assert tokenizer.decode([i for i, p in zip(ids, policy) if p == 1], skip_special_tokens=True) == \
+        "<tool>calculator(37*48)</tool><answer>1776</answer>"
+    assert policy[-1] == 1  # EOS is the policy's
+    envs.close()
+
+
+def test_doctor_shows_a_conversation_with_the_environments_tokens_marked(tiny_home):
+    from grpokit.doctor import format_report, run_doctor
+
+    config = load_config(None, [f"model.path={tiny_home['model']}", f"data.train={tiny_home['train']}",
+                                f"env.name={TOOLS}:ChattyVowelEnvironment", "sampling.group_size=2",
+                                "sampling.max_new_tokens=8", "env.max_turns=3", "env.max_tokens=40",
+                                "verify.isolate=false"])
+    report = run_doctor(config, num_groups=2)
+    assert "[[env: <result>ok</result>]]" in report.conversation["text"]
+    text = format_report(report)
+    assert "== one conversation (custom format" in text and "offered: vowels end turns" in text
+    assert "turns_per_rollout" in text
+
+
+def test_the_tool_task_is_disjoint_and_calls_the_tool_on_a_share_of_demonstrations():
+    from grpokit.tiny.tool_task import make_tool_splits
+
+    splits = make_tool_splits(eval_size=200)
+    assert len(splits["eval"]) == 200 and len(splits["train"]) == 90 * 90 - 200
+    assert not {r["prompt"] for r in splits["eval"]} & {r["prompt"] for r in splits["train"]}
+    rate = sum("<tool>" in r["completion"] for r in splits["train"]) / len(splits["train"])
+    assert 0.27 < rate < 0.33
+    for row in splits["train"][:50]:
+        a, b = (int(x) for x in row["prompt"].removeprefix("What is ").removesuffix("?").split(" * "))
+        assert row["answer"] == str(a * b) and row["completion"].endswith(f"<answer>{a * b}</answer>")

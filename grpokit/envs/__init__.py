@@ -48,6 +48,13 @@ class EnvironmentFactory:
     def new(self) -> Environment:
         return self._new()
 
+    def context_spans(self, text: str) -> list[tuple[int, int]]:
+        """Character spans of a written-out conversation that are the environment's (its replies): a
+        warm-up demonstration trains on the rest only. A user environment may define `context_spans`."""
+        if self.format is not None:
+            return self.format.reply_spans(text)
+        return list(getattr(self._new(), "context_spans", lambda _: [])(text))
+
     def describe(self) -> str:
         return self._new().describe()
 

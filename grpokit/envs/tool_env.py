@@ -45,6 +45,10 @@ class TagFormat:
     def reply(self, text: str) -> str:
         return f"<result>{text}</result>"
 
+    def reply_spans(self, text: str) -> list[tuple[int, int]]:
+        """Where replies sit in a written-out conversation (a demonstration)."""
+        return [m.span() for m in re.finditer(r"<result>.*?</result>", text, re.DOTALL)]
+
 
 class ChatTemplateFormat:
     """Hermes-style calls, replied to through the tokenizer's own chat template."""
@@ -86,6 +90,11 @@ class ChatTemplateFormat:
 
     def reply(self, text: str) -> str:
         return f"{self._before}{text}{self._after}"
+
+    def reply_spans(self, text: str) -> list[tuple[int, int]]:
+        """Where replies sit in a written-out conversation (a demonstration)."""
+        pattern = re.escape(self._before) + ".*?" + re.escape(self._after)
+        return [m.span() for m in re.finditer(pattern, text, re.DOTALL)]
 
 
 def uses_tool_template(tokenizer) -> bool:

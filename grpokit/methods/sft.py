@@ -36,11 +36,12 @@ def sft_update(model, optimizer, scheduler, tokens: TokenBatch, *, backend, micr
 
 
 def sft_step(model, tokenizer, optimizer, prompts: list[str], completions: list[str], *, backend,
-             micro_batch_size: int, max_grad_norm: float, scheduler=None, share_prompts: bool = True
-             ) -> dict[str, float]:
-    """One optimiser step of SFT on (prompt, completion) texts (the warm-up)."""
+             micro_batch_size: int, max_grad_norm: float, scheduler=None, share_prompts: bool = True,
+             context_spans=None) -> dict[str, float]:
+    """One optimiser step of SFT on (prompt, completion) texts (the warm-up); `context_spans` marks what
+    in a completion is an environment's (tool results: context, not trained on; see `encode_pairs`)."""
     device = next(model.parameters()).device
-    tokens = encode_pairs(tokenizer, prompts, completions).to(device)
+    tokens = encode_pairs(tokenizer, prompts, completions, context_spans).to(device)
     return sft_update(model, optimizer, scheduler, tokens, backend=backend, micro_batch_size=micro_batch_size,
                       max_grad_norm=max_grad_norm, share_prompts=share_prompts)
 
