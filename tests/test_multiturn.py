@@ -282,3 +282,23 @@ def test_the_tool_task_is_disjoint_and_calls_the_tool_on_a_share_of_demonstratio
     for row in splits["train"][:50]:
         a, b = (int(x) for x in row["prompt"].removeprefix("What is ").removesuffix("?").split(" * "))
         assert row["answer"] == str(a * b) and row["completion"].endswith(f"<answer>{a * b}</answer>")
+
+
+def test_a_killed_multi_turn_run_resumes_to_the_same_result(tiny_home, tmp_path):
+    """As tests/test_resume.py, with conversations: the kill reward ends the process group mid-run."""
+    from test_resume import GROUP, PROMPTS, _assert_same_run, _cli, _config_text
+
+    config_file = tmp_path / "resume_tools.yaml"
+    config_file.write_text(_config_text(tiny_home) + f"env: {{name: '{TOOLS}:VowelEnvironment', max_turns: 3, "
+                                                     "max_tokens: 40}\n")
+    reference = tmp_path / "uninterrupted"
+    train(load_config(config_file, [f"train.out_dir={reference}"]))
+    assert any(json.loads(line)["env"]["env_tokens"] for line in (reference / "rollouts.jsonl").open())
+    out = tmp_path / "run"
+    env = {"GRPOKIT_TEST_KILL_COUNTER": str(tmp_path / "calls"),
+           "GRPOKIT_TEST_KILL_AT_CALL": str(3 * PROMPTS * GROUP + 1)}
+    killed = _cli(config_file, out, env=env)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    resumed = _cli(config_file, out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _assert_same_run(out, reference)

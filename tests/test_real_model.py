@@ -156,3 +156,19 @@ def test_grpokit_eval_on_the_gguf_file(real_home, capsys, monkeypatch):
     assert rc == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["n"] == 3 and 0.0 <= result["accuracy"] <= 1.0
+
+
+def test_doctor_renders_a_multi_turn_rollout_in_the_models_own_format(real_home, monkeypatch):
+    """SmolLM2's chat template has no tool format, so `auto` picks tags; the doctor shows a conversation."""
+    from grpokit.config import load_config
+    from grpokit.doctor import format_report, run_doctor
+
+    monkeypatch.setenv("GRPOKIT_CACHE", str(real_home["cache"]))
+    config = load_config(None, [f"model.path={real_home['model']}", f"data.train={real_home['data']}",
+                                "model.device=cpu", "env.name=tools", "sampling.group_size=2",
+                                "sampling.max_new_tokens=12", "env.max_turns=2", "env.max_tokens=40",
+                                "verify.isolate=false", "rewards=[accuracy]"])
+    report = run_doctor(config, num_groups=1)
+    assert report.conversation["format"] == "tags"
+    assert report.conversation["offered"].startswith("calculator(expression: str) -> str")
+    assert "== one conversation (tags format" in format_report(report)

@@ -78,8 +78,8 @@ def load_tools(specs: list) -> dict[str, Callable]:
 def describe_tool(name: str, fn: Callable) -> str:
     """One line the model can read: `calculator(expression: str) -> str: Evaluate an arithmetic ...`."""
     try:
-        signature = str(inspect.signature(fn))
-    except (TypeError, ValueError):
+        signature = str(inspect.signature(fn, eval_str=True))  # "str", not "'str'", under postponed annotations
+    except (TypeError, ValueError, NameError):
         signature = "(...)"
     doc = (inspect.getdoc(fn) or "").strip().splitlines()
     return f"{name}{signature}" + (f": {doc[0]}" if doc else "")
