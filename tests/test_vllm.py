@@ -230,3 +230,29 @@ def test_real_vllm_samples_the_policy_after_a_weight_push(tmp_path):
     mask = rollout.tokens.completion_mask_BC.bool()
     gap = (rollout.sampling_logprobs_BC - trainer_logp)[mask].abs().mean().item()
     assert gap < 0.02, gap  # float32 policy against vLLM's kernels; stale weights give gaps of ~0.5
+
+
+def test_vllm_draws_multi_turn_conversations_through_the_same_interface(tiny_home, tiny_model_and_tokenizer,
+                                                                        fake_vllm):
+    """The multi-turn loop continues token ids with vLLM as with the local loop: the policy's tokens carry
+    vLLM's log-probs (the trainer's, in the stand-in), the environment's carry none."""
+    from grpokit.envs import EnvironmentFactory
+    from grpokit.multiturn import MultiTurnSampler
+
+    model, tokenizer = tiny_model_and_tokenizer
+    tools = HERE / "fixtures" / "tools" / "sample_tools.py"
+    extra = [f"env.name={tools}:ChattyVowelEnvironment", "env.max_turns=4", "env.max_tokens=60",
+             "sampling.max_new_tokens=10", "sampling.temperature=0.7"]
+    sampler = _sampler(tiny_home, model, tokenizer, *extra)
+    config = load_config(None, [f"model.path={tiny_home['model']}", "sampling.engine=vllm", *extra])
+    conversations = MultiTurnSampler(sampler, tokenizer, EnvironmentFactory(config, tokenizer), config)
+    torch.manual_seed(0)
+    rollout = conversations.sample(_prompts(tokenizer), 2, rows=[{"answer": "3"}, {"answer": "75"}])
+    assert rollout.external_sampler and max(s["turns"] for s in rollout.env_stats) >= 2
+    assert [c[0] for c in fake_vllm.CALLS].count("generate") == max(s["turns"] for s in rollout.env_stats)
+    policy = rollout.tokens.policy_mask_BC.bool()
+    assert (~policy & rollout.tokens.completion_mask_BC.bool()).any()  # environment tokens are in there
+    with torch.no_grad():
+        trainer_logp = token_logprobs(model, rollout.tokens, 0.7)
+    torch.testing.assert_close(rollout.sampling_logprobs_BC[policy], trainer_logp[policy], atol=1e-4, rtol=0)
+    assert (rollout.sampling_logprobs_BC[~policy] == 0).all()
