@@ -18,6 +18,7 @@ from grpokit.rewards import (
     extract_answer,
 )
 from grpokit.sampler import sample
+from grpokit.stats import pass_at_k
 
 
 def _component(components: list[RewardComponent], name: str) -> RewardComponent:
@@ -47,6 +48,7 @@ def evaluate(
     max_new_tokens: int,
     batch_size: int = 128,
     k: int = 0,
+    n_samples: int | None = None,
     temperature: float = 1.0,
     engine: str = "grpokit",
     sampler=None,
@@ -55,7 +57,9 @@ def evaluate(
     """Greedy decoding on every prompt; with k > 1, also k samples each for pass@k and maj@k.
 
     Returns accuracy, format_rate, mean_length, truncation_rate, n, seconds (and pass_at_k,
-    maj_at_k, k). pass@k: some sample is correct. maj@k: the most frequent extracted answer
+    maj_at_k, k, n_samples). pass@k: from n_samples >= k samples per prompt (default k), c of them
+    correct, the unbiased 1 - C(n-c, k)/C(n, k) of Chen et al. 2021 (`grpokit.stats.pass_at_k`),
+    averaged over prompts. maj@k: the most frequent extracted answer among the first k samples
     (ties broken by first occurrence) is correct. With a multi-turn `sampler` (`grpokit.multiturn`)
     and each prompt's row, every answer is a greedy conversation with the environment, and
     `tool_call_rate` (conversations with at least one tool call) is reported too.
@@ -86,37 +90,39 @@ def evaluate(
         **({"tool_call_rate": sum(tool_calls) / n} if sampler is not None else {}),
     }
     if k > 1:
-        result.update(_pass_and_majority(model, tokenizer, prompts, answers, accuracy_c, k=k,
+        n = n_samples or k
+        result.update(_pass_and_majority(model, tokenizer, prompts, answers, accuracy_c, k=k, n=n,
                                          max_new_tokens=max_new_tokens, temperature=temperature,
-                                         batch_size=max(1, batch_size // k), engine=engine))
+                                         batch_size=max(1, batch_size // n), engine=engine))
     result["seconds"] = time.perf_counter() - start
     result["samples"] = [{"completion": o, "correct": c} for o, c in zip(outputs[:8], correct[:8])]
     return result
 
 
-def _pass_and_majority(model, tokenizer, prompts, answers, accuracy_c, *, k, max_new_tokens, temperature,
+def _pass_and_majority(model, tokenizer, prompts, answers, accuracy_c, *, k, n, max_new_tokens, temperature,
                        batch_size, engine: str, seed: int = 0) -> dict:
+    if n < k:
+        raise ValueError(f"pass@k needs at least k samples per prompt; got n_samples={n} < k={k}")
     # Its own seeded RNG stream: evaluating must not change what training samples next.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _pass_and_majority_unseeded(model, tokenizer, prompts, answers, accuracy_c, k=k,
+        return _pass_and_majority_unseeded(model, tokenizer, prompts, answers, accuracy_c, k=k, n=n,
                                            max_new_tokens=max_new_tokens, temperature=temperature,
                                            batch_size=batch_size, engine=engine)
 
 
-def _pass_and_majority_unseeded(model, tokenizer, prompts, answers, accuracy_c, *, k, max_new_tokens,
+def _pass_and_majority_unseeded(model, tokenizer, prompts, answers, accuracy_c, *, k, n, max_new_tokens,
                                 temperature, batch_size, engine: str) -> dict:
     extract_mode = accuracy_c.kwargs.get("extract", "auto")
     passed = majority = 0
     for i in range(0, len(prompts), batch_size):
-        rollout = sample(model, tokenizer, prompts[i: i + batch_size], group_size=k,
+        rollout = sample(model, tokenizer, prompts[i: i + batch_size], group_size=n,
                          max_new_tokens=max_new_tokens, temperature=temperature, engine=engine)
         for j, answer in enumerate(answers[i: i + batch_size]):
-            group = rollout.completions[j * k: (j + 1) * k]
-            passed += any(_score(accuracy_c, text, answer) > 0 for text in group)
-            extracted = [e for e in (extract_answer(t, extract_mode) for t in group) if e is not None]
+            group = rollout.completions[j * n: (j + 1) * n]
+            passed += pass_at_k(n, sum(_score(accuracy_c, text, answer) > 0 for text in group), k)
+            extracted = [e for e in (extract_answer(t, extract_mode) for t in group[:k]) if e is not None]
             if extracted:
                 top = Counter(extracted).most_common(1)[0][0]
                 majority += answer is not None and answers_match(top, answer)
-    n = len(prompts)
-    return {"k": k, "pass_at_k": passed / n, "maj_at_k": majority / n}
+    return {"k": k, "n_samples": n, "pass_at_k": passed / len(prompts), "maj_at_k": majority / len(prompts)}
