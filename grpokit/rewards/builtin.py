@@ -83,4 +83,7 @@ def format_reward(completion: str, pattern: str = DEFAULT_FORMAT_PATTERN, **_) -
     return 1.0 if compile_pattern(pattern).fullmatch(completion.strip()) else 0.0
 
 
-BUILTIN_REWARDS = {"accuracy": accuracy, "format": format_reward}
+# code_tests runs programs in grpokit.sandbox; imported here, at the end, only to register it
+from grpokit.rewards.code_tests import code_tests  # noqa: E402
+
+BUILTIN_REWARDS = {"accuracy": accuracy, "format": format_reward, "code_tests": code_tests}
