@@ -231,14 +231,19 @@ def cmd_compare(args) -> int:
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     overrides = list(args.overrides)
-    if args.config is None:  # the embedded task: build it if missing, run the demo config
+    valid = args.valid
+    if args.config is None:  # the embedded task: build it if missing, run the demo config on the 1,000 test prompts
         paths = ensure_tiny(args.home)
-        overrides = [f"model.path={paths['model']}", f"data.train={paths['train']}", f"data.eval={paths['eval']}",
+        overrides = [f"model.path={paths['model']}", f"data.train={paths['train']}", f"data.eval={paths['test']}",
                      *overrides]
+        valid = valid or str(paths["valid"])
+    if args.steps is not None:
+        overrides.append(f"train.steps={args.steps}")
     summary = compare(args.config or str(DEMO_CONFIG), overrides, args.out, methods=methods,
-                      progress=args.progress)
+                      progress=args.progress, seeds=args.seeds, reference=args.reference, sweep=args.sweep,
+                      valid_path=valid)
     print((Path(args.out) / "table.md").read_text(encoding="utf-8"))
-    print(f"table: {summary['table']}\nplots: {', '.join(summary['plots'])}\nrun folders: {args.out}/<method>")
+    print(f"table: {summary['table']}\nplots: {', '.join(summary['plots'])}\nrun folders: {args.out}/seed<N>/<method>")
     return 0
 
 
@@ -309,6 +314,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/compare", help="folder for the table, plots and runs (default runs/compare)")
     p.add_argument("--home", default=DEMO_HOME, help=f"where the tiny model and data live (default {DEMO_HOME})")
     p.add_argument("--progress", action="store_true", help="show each run's progress bar in its log")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="run each method at N seeds (train.seed, +1, ...), each seed with its own warm-up; report "
+                        "means, 95%% t-intervals and paired differences (default 1)")
+    p.add_argument("--reference", default="grpo", help="method the others are paired against, seed by seed "
+                                                       "(default grpo)")
+    p.add_argument("--steps", type=int, help="training steps of every method (same as train.steps=N)")
+    p.add_argument("--sweep", help="KEY=V1,V2,... e.g. optim.lr=2e-5,5e-5,1e-4: each method keeps the value with "
+                                   "the best mean accuracy on --valid, then is scored on the test prompts")
+    p.add_argument("--valid", help="validation data for --sweep, apart from the test prompts (data.eval); default "
+                                   "for the embedded task: its valid split")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("explain", help="how SFT, ORPO, DPO and GRPO move probabilities, on a 3-answer toy policy")

@@ -1,13 +1,21 @@
-"""`grpokit compare`: several update rules on the same task, from the same start, side by side.
+"""`grpokit compare`: several update rules on the same task, from the same start, over several seeds.
 
 Is a gain due to the update rule, or to sampling and verifying? Every method here samples the
 same number of completions per step from the same warmed-up model, with the same seed, rewards
-and evaluation; only the rule that turns verified groups into an update differs. Steps:
-1. one SFT warm-up (method `sft` on the demonstrations), shared by every method;
-2. each method in its own process (so peak memory is that method's own), from the warm-up's
-   model, with the same config: per-method settings live in their own sections (dpo.beta,
-   orpo.lam, ppo.*, online.*), so one config serves every method;
-3. a Markdown table and two plots (held-out accuracy against step and against training time).
+and evaluation; only the rule that turns verified groups into an update differs. Steps, per seed s
+(`train.seed` + 0, 1, ..., N-1):
+1. one SFT warm-up at seed s (method `sft` on the demonstrations), shared by every method of that
+   seed: the warm-up's own seed-to-seed spread is part of what the intervals measure, and the
+   methods of one seed start from the same weights, so their paired difference cancels it;
+2. each method (and, with a sweep, each value of the swept key) in its own process (so peak
+   memory is that method's own), from that warm-up's model, seed s: the same data order;
+3. per method, across seeds: mean and 95% Student-t interval of final and best held-out accuracy,
+   of the mean accuracy over a common span of training time, of the costs; the paired per-seed
+   difference against a reference method; a table, summary.json and a plot of mean curves with bands.
+
+With a sweep (`optim.lr=1e-5,5e-5,1e-4`), runs evaluate on a validation split during training;
+each method keeps the value with the best mean final validation accuracy, and its final models at
+that value are then evaluated once on the test prompts, which played no part in the choice.
 """
 
 from __future__ import annotations
@@ -19,16 +27,34 @@ from pathlib import Path
 
 from grpokit.config import CHOICES, load_config, save_config
 from grpokit.errors import GrpokitError
+from grpokit.stats import area_under_curve, binomial_standard_error, mean_interval, paired_difference
 
 DEFAULT_METHODS = ("grpo", "rloo", "rft", "online_dpo", "online_orpo", "ppo")
+CONFIDENCE = 0.95
 
-def _run(args: list[str], log: Path) -> None:
-    """One `grpokit train` in its own process; its output goes to a log file, which a failure names."""
+
+def _run(args: list[str], log: Path, command: str = "train") -> str:
+    """One `grpokit <command>` in its own process; its output goes to a log file, which a failure names."""
     with open(log, "w", encoding="utf-8") as f:
-        code = subprocess.call([sys.executable, "-m", "grpokit", "train", *args], stdout=f, stderr=subprocess.STDOUT)
+        code = subprocess.call([sys.executable, "-m", "grpokit", command, *args], stdout=f, stderr=subprocess.STDOUT)
+    text = log.read_text(encoding="utf-8", errors="replace")
     if code != 0:
-        tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
-        raise GrpokitError(f"`grpokit train {' '.join(args)}` failed (exit {code}); see {log}:\n" + "\n".join(tail))
+        tail = text.strip().splitlines()[-5:]
+        raise GrpokitError(f"`grpokit {command} {' '.join(args)}` failed (exit {code}); see {log}:\n" + "\n".join(tail))
+    return text
+
+
+def _train(args: list[str], run_dir: Path) -> Path:
+    """Train into run_dir, or reuse it when it already holds a finished run of exactly these arguments."""
+    record = run_dir.with_name(run_dir.name + ".args.json")
+    if (run_dir / "summary.json").is_file() and record.is_file() and json.loads(record.read_text()) == args:
+        print(f"compare: reusing the finished run {run_dir}", file=sys.stderr)
+        return run_dir
+    print(f"compare: {run_dir}", file=sys.stderr)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    _run([*args, "--out", str(run_dir), "--overwrite"], run_dir.with_name(run_dir.name + ".log"))
+    record.write_text(json.dumps(args))
+    return run_dir
 
 
 def warmup_overrides(config) -> list[str]:
@@ -39,47 +65,115 @@ def warmup_overrides(config) -> list[str]:
             "optim.warmup_steps=0", "warmup.steps=0", "eval.every=0", "train.save_every=0"]
 
 
-def compare(config_path: str, overrides: list[str], out_dir: str | Path, methods: tuple[str, ...] = DEFAULT_METHODS,
-            progress: bool = False) -> dict:
-    """Run `methods` from one shared warm-up; write table.md, accuracy plots and summary.json into out_dir."""
+def parse_sweep(spec: str | None) -> tuple[str, list[str]] | None:
+    """'optim.lr=1e-5,5e-5' -> ('optim.lr', ['1e-5', '5e-5'])."""
+    if not spec:
+        return None
+    key, _, values = spec.partition("=")
+    choices = [v.strip() for v in values.split(",") if v.strip()]
+    if not key.strip() or not choices:
+        raise GrpokitError(f"--sweep takes KEY=V1,V2,... (e.g. optim.lr=1e-5,5e-5,1e-4); got {spec!r}")
+    return key.strip(), choices
+
+
+def compare(config_path: str | None, overrides: list[str], out_dir: str | Path,
+            methods: tuple[str, ...] = DEFAULT_METHODS, progress: bool = False, seeds: int = 1,
+            reference: str | None = "grpo", sweep: str | None = None, valid_path: str | None = None) -> dict:
+    """Run `methods` over `seeds` seeds, each seed from its own shared warm-up; write table.md, summary.json, a plot.
+
+    The config's data.eval holds the test prompts. With `sweep` ("KEY=V1,V2,..."), training runs
+    evaluate on `valid_path` instead, and the test prompts only score each method's chosen value.
+    """
     from grpokit.methods import online_methods
 
     online = online_methods()
-
     unknown = [m for m in methods if m not in CHOICES["train.method"]]
     offline = [m for m in methods if m not in unknown and m not in online]
     if not methods or unknown or offline:
         raise GrpokitError(f"compare runs online methods ({', '.join(online)}); got "
                            f"{', '.join(unknown + offline)}.")
+    if seeds < 1:
+        raise GrpokitError(f"--seeds must be at least 1, got {seeds}.")
+    swept = parse_sweep(sweep)
+    if swept and not valid_path:
+        raise GrpokitError("--sweep picks a value on a validation split held apart from the test prompts: "
+                           "give one with --valid FILE.")
     config = load_config(config_path, overrides)  # validated once, before anything runs
+    for value in swept[1] if swept else ():
+        load_config(config_path, [*overrides, f"{swept[0]}={value}"])  # every swept value too
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base = out / "base_config.yaml"
     save_config(config, base)
     common = [f"train.progress={str(progress).lower()}", "train.save_every=0"]
+    values = swept[1] if swept else [None]
+    seed_list = [config.train.seed + i for i in range(seeds)]
 
-    start_model = config.model.path
-    if config.warmup.steps > 0:
-        print(f"compare: shared SFT warm-up ({config.warmup.steps} steps) -> {out / 'warmup'}", file=sys.stderr)
-        _run([str(base), *warmup_overrides(config), *common, "--out", str(out / "warmup")], out / "warmup.log")
-        start_model = str(out / "warmup" / "final")
+    runs: dict[str, dict[str | None, dict[int, dict]]] = {m: {v: {} for v in values} for m in methods}
+    for seed in seed_list:
+        start_model = config.model.path
+        if config.warmup.steps > 0:
+            warm = _train([str(base), *warmup_overrides(config), *common, f"train.seed={seed}"],
+                          out / f"seed{seed}" / "warmup")
+            start_model = str(warm / "final")
+        for method in methods:
+            for value in values:
+                extra = [f"{swept[0]}={value}", f"data.eval={valid_path}"] if swept else []
+                run_dir = _train([str(base), f"train.method={method}", f"model.path={start_model}", "warmup.steps=0",
+                                  f"train.seed={seed}", *common, *extra],
+                                 out / f"seed{seed}" / (method if value is None else f"{method}@{value}"))
+                runs[method][value][seed] = method_result(run_dir)
 
-    results = {}
+    chosen = {m: _choose(runs[m]) for m in methods}
+    if swept:  # the chosen value's final models, scored once on the test prompts
+        for method in methods:
+            for r in runs[method][chosen[method]].values():
+                r["validation"] = {"accuracy_after": r["accuracy_after"], "accuracy_before": r["accuracy_before"]}
+                r["accuracy_after"] = _test_accuracy(base, Path(r["run_dir"]), config.data.eval)
+    results = aggregate({m: runs[m][chosen[m]] for m in methods},
+                        reference=reference if reference in methods else None)
     for method in methods:
-        print(f"compare: {method} -> {out / method}", file=sys.stderr)
-        _run([str(base), f"train.method={method}", f"model.path={start_model}", "warmup.steps=0", *common,
-              "--out", str(out / method)], out / f"{method}.log")
-        results[method] = method_result(out / method)
-    table = format_table(results)
+        results[method]["value"] = chosen[method] if swept else None
+        if swept:
+            results[method]["sweep"] = {v: mean_interval([r["validation"]["accuracy_after"] if "validation" in r
+                                                          else r["accuracy_after"] for r in runs[method][v].values()])
+                                        for v in values}
+    eval_n = next(iter(results.values()))["eval_n"]
+    meta = {"seeds": seed_list, "reference": reference if reference in methods else None,
+            "interval": f"{CONFIDENCE:.0%} Student-t interval over seeds",
+            "sweep": {"key": swept[0], "values": swept[1], "valid": valid_path} if swept else None,
+            "lr": config.optim.lr, "test": config.data.eval, "eval_n": eval_n,
+            "eval_standard_error_max": binomial_standard_error(0.5, eval_n) if eval_n else None}
+    table = format_table(results, meta)
     (out / "table.md").write_text(table + "\n", encoding="utf-8")
-    plots = plot_comparison(results, out)
-    summary = {"methods": results, "table": str(out / "table.md"), "plots": [str(p) for p in plots]}
+    from grpokit.plots import plot_compare
+
+    plots = [plot_compare(results, out / "accuracy.png",
+                          split="validation" if swept else "held-out")]
+    summary = {**meta, "methods": results, "table": str(out / "table.md"), "plots": [str(p) for p in plots]}
     (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
 
 
+def _choose(by_value: dict[str | None, dict[int, dict]]) -> str | None:
+    """The value with the highest mean final accuracy over seeds (the first one on a tie)."""
+    def score(value):
+        finals = [r["accuracy_after"] for r in by_value[value].values()]
+        return sum(finals) / len(finals)
+
+    return max(by_value, key=score)
+
+
+def _test_accuracy(base: Path, run_dir: Path, test_path: str) -> float:
+    """Greedy accuracy of a run's final model on the test prompts, by `grpokit eval` in its own process."""
+    text = _run([str(run_dir / "final"), test_path, "--config", str(base), "--json"], run_dir.parent /
+                f"{run_dir.name}.test.log", command="eval")
+    line = [ln for ln in text.splitlines() if ln.startswith("{")][-1]
+    return json.loads(line)["accuracy"]
+
+
 def method_result(run_dir: Path) -> dict:
-    """One method's row of the comparison, from its summary.json and metrics.jsonl."""
+    """One run's numbers, from its summary.json and metrics.jsonl."""
     from grpokit.jsonl import read_log
 
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
@@ -88,8 +182,10 @@ def method_result(run_dir: Path) -> dict:
     evals = [r for r in rows if "eval_accuracy" in r and r.get("phase") in ("before", "eval", "after")]
     before, after = summary.get("eval_before") or {}, summary.get("eval_after") or {}
     return {
+        "run_dir": str(run_dir),
         "accuracy_before": before.get("accuracy"), "accuracy_after": after.get("accuracy"),
         "format_before": before.get("format_rate"), "format_after": after.get("format_rate"),
+        "eval_n": after.get("n"),
         "train_seconds": summary["train_seconds"],
         "tokens_generated": sum(r.get("tokens_generated", 0) for r in steps),
         "tokens_backpropagated": sum(r.get("tokens_backpropagated", 0) for r in steps),
@@ -107,44 +203,118 @@ def _mean(values):
     return sum(present) / len(present) if present else None
 
 
-def _pct(x) -> str:
-    return "-" if x is None else f"{x:.1%}"
+COSTS = ("train_seconds", "tokens_generated", "tokens_backpropagated", "trained_state_mb", "peak_memory_mb")
 
 
-def format_table(results: dict[str, dict]) -> str:
-    header = ("| method | held-out accuracy | format rate | train time | tokens generated | tokens backprop | "
-              "peak RSS | trained state | zero-variance groups | steps without data |")
+def aggregate(runs: dict[str, dict[int, dict]], reference: str | None = None) -> dict[str, dict]:
+    """Per method: intervals over seeds of accuracy, time-averaged accuracy and costs; paired differences.
+
+    "auc" is the area under held-out accuracy against training time over the first T seconds,
+    divided by T, where T is the shortest training time of any method at that seed: the mean
+    accuracy over a span of training time every method covered, so a longer run earns nothing
+    for its extra time and a faster one nothing for stopping early.
+    """
+    seeds = sorted(set.intersection(*(set(by_seed) for by_seed in runs.values())))
+    horizon = {s: min(runs[m][s]["train_seconds"] for m in runs) for s in seeds}
+    per_seed: dict[str, dict[str, list[float]]] = {}
+    for method, by_seed in runs.items():
+        metrics: dict[str, list[float]] = {k: [] for k in ("final_accuracy", "best_accuracy", "auc", "before")}
+        for s in seeds:
+            r = by_seed[s]
+            _, seconds, accuracy = zip(*r["curve"])
+            metrics["final_accuracy"].append(r["accuracy_after"])
+            metrics["best_accuracy"].append(max(accuracy[1:] or accuracy))  # the best evaluation after step 0
+            metrics["auc"].append(area_under_curve(list(seconds), list(accuracy), until=horizon[s]) / horizon[s]
+                                  if horizon[s] > 0 else accuracy[0])
+            metrics["before"].append(r["accuracy_before"])
+        per_seed[method] = metrics
+    results = {}
+    for method, by_seed in runs.items():
+        rows = [by_seed[s] for s in seeds]
+        result = {key: mean_interval(values, CONFIDENCE) for key, values in per_seed[method].items()}
+        result.update({key: mean_interval([r[key] for r in rows], CONFIDENCE) for key in COSTS})
+        result["zero_variance_fraction"] = _mean([r["zero_variance_fraction"] for r in rows])
+        result["steps_without_data"] = sum(r["steps_without_data"] for r in rows)
+        result["steps"] = sum(r["steps"] for r in rows)
+        result["eval_n"] = rows[0]["eval_n"]
+        result["seeds"] = seeds
+        result["auc_horizon_seconds"] = [horizon[s] for s in seeds]
+        result["curves"] = {s: by_seed[s]["curve"] for s in seeds}
+        result["runs"] = {s: by_seed[s]["run_dir"] for s in seeds}
+        if reference is not None:
+            result["vs_reference"] = {key: paired_difference(per_seed[method][key], per_seed[reference][key],
+                                                             CONFIDENCE)
+                                      for key in ("final_accuracy", "best_accuracy", "auc")}
+        results[method] = result
+    return results
+
+
+def _interval(r: dict, pct: bool = True) -> str:
+    """'55.0% [48.2, 61.8]' (an interval in points), or the mean alone for one seed."""
+    if r["mean"] is None:
+        return "-"
+    if not pct:
+        return f"{r['mean']:,.0f}" if r["low"] is None else f"{r['mean']:,.0f} [{r['low']:,.0f}, {r['high']:,.0f}]"
+    if r["low"] is None:
+        return f"{r['mean']:.1%}"
+    return f"{r['mean']:.1%} [{100 * r['low']:.1f}, {100 * r['high']:.1f}]"
+
+
+def _difference(r: dict) -> str:
+    """'+3.5 [-2.1, +9.1]' in points, with ' *' when the interval excludes 0."""
+    if r["low"] is None:
+        return f"{100 * r['mean']:+.1f}"
+    return f"{100 * r['mean']:+.1f} [{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]" + (" *" if r["excludes_zero"]
+                                                                                       else "")
+
+
+def format_table(results: dict[str, dict], meta: dict) -> str:
+    ref, n_seeds = meta["reference"], len(meta["seeds"])
+    sweep = meta["sweep"]
+    param = sweep["key"] if sweep else "optim.lr"
+    first = next(iter(results.values()))
+    horizon = sum(first["auc_horizon_seconds"]) / len(first["auc_horizon_seconds"])
+    curve_split = " (valid)" if sweep else ""
+    header = (f"| method | {param} | final accuracy | best accuracy{curve_split} | mean accuracy over the first "
+              f"{horizon:.0f} s{curve_split} |" + (f" Δ final vs {ref} |" if ref else "")
+              + " train time (s) | tokens backprop | trained state (MB) | peak RSS (MB) | zero-variance groups |"
+              + " steps without data |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for method, r in results.items():
-        lines.append(
-            f"| {method} | {_pct(r['accuracy_before'])} → {_pct(r['accuracy_after'])} | "
-            f"{_pct(r['format_before'])} → {_pct(r['format_after'])} | {r['train_seconds']:.0f} s | "
-            f"{r['tokens_generated']:,} | {r['tokens_backpropagated']:,} | {r['peak_memory_mb']:.0f} MB | "
-            f"{r['trained_state_mb']:.1f} MB | {_pct(r['zero_variance_fraction'])} | "
-            f"{r['steps_without_data']}/{r['steps']} |")
-    return "\n".join(lines)
-
-
-def plot_comparison(results: dict[str, dict], out: Path) -> list[Path]:
-    """Held-out accuracy against step and against training time, one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4))
-    for method, r in results.items():
-        steps, seconds, accuracy = zip(*r["curve"]) if r["curve"] else ((), (), ())
-        by_step.plot(steps, accuracy, "o-", label=method, markersize=3)
-        by_time.plot(seconds, accuracy, "o-", label=method, markersize=3)
-    by_step.set(xlabel="step", ylabel="held-out accuracy (greedy)", title="Accuracy by step", ylim=(0, 1))
-    by_time.set(xlabel="training time (s, evaluation excluded)", ylabel="held-out accuracy (greedy)",
-                title="Accuracy by wall-clock time", ylim=(0, 1))
-    for ax in (by_step, by_time):
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = out / "accuracy.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return [path]
+        value = r["value"] if sweep else meta["lr"]
+        lines.append(f"| {method} | {value} | {_interval(r['final_accuracy'])} | {_interval(r['best_accuracy'])} | "
+                     f"{_interval(r['auc'])} |" + (f" {_difference(r['vs_reference']['final_accuracy'])} |" if ref
+                                                   else "")
+                     + f" {_interval(r['train_seconds'], pct=False)} | {_interval(r['tokens_backpropagated'], False)}"
+                     f" | {r['trained_state_mb']['mean']:.1f} | {r['peak_memory_mb']['mean']:.0f} | "
+                     f"{'-' if r['zero_variance_fraction'] is None else format(r['zero_variance_fraction'], '.1%')} | "
+                     f"{r['steps_without_data']}/{r['steps']} |")
+    se = meta["eval_standard_error_max"]
+    notes = [
+        "",
+        f"Seeds {', '.join(map(str, meta['seeds']))}; each seed has its own SFT warm-up, shared by every method of "
+        f"that seed (warm-up accuracy {_interval(first['before'])}{curve_split}).",
+        f"[low, high]: {meta['interval']} (t with {n_seeds - 1} degrees of freedom)." if n_seeds > 1 else
+        "One seed: no interval; run --seeds 3 or more before ranking methods.",
+        f"Held-out prompts: {meta['eval_n']} ({meta['test']}); one evaluation's standard error is at most "
+        f"{100 * se:.1f} points." if se else "",
+        "Best accuracy is the highest of the evaluations after step 0: a maximum of noisy numbers, biased upward.",
+        "Mean accuracy over the first T s: the area under accuracy against training time up to T, divided by T; "
+        "T is the shortest training time of any method at that seed.",
+    ]
+    if ref:
+        notes.append(f"Δ final vs {ref}: the per-seed paired difference (same seed, same warm-up, same data order), "
+                     "in points; * marks an interval that excludes 0.")
+    if sweep:
+        notes.append(f"{sweep['key']} chosen per method by mean final accuracy on {sweep['valid']} over "
+                     f"{', '.join(sweep['values'])}; final accuracy is then measured on the test prompts.")
+        notes += ["", "| method | " + " | ".join(f"valid accuracy at {v}" for v in sweep["values"]) + " |",
+                  "|---|" + "---|" * len(sweep["values"])]
+        for method, r in results.items():
+            notes.append(f"| {method} | " + " | ".join(_interval(r["sweep"][v]) for v in sweep["values"]) + " |")
+    notes += ["", "Final accuracy per seed:", "", "| seed | warm-up | " + " | ".join(results) + " |",
+              "|---|---|" + "---|" * len(results)]
+    for i, seed in enumerate(first["seeds"]):
+        notes.append(f"| {seed} | {first['before']['values'][i]:.1%} | "
+                     + " | ".join(f"{r['final_accuracy']['values'][i]:.1%}" for r in results.values()) + " |")
+    return "\n".join(lines + [n for n in notes if n is not None])

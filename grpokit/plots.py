@@ -120,3 +120,44 @@ def plot_dashboard(run_dir: str | Path, out_name: str = "dashboard.png") -> Path
     fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
+
+
+def plot_compare(results: dict[str, dict], path: str | Path, split: str = "held-out") -> Path:
+    """`grpokit compare`: each method's mean accuracy curve over seeds, with its 95% t-interval as a band.
+
+    Left against step; right against mean training time at that step (evaluation excluded).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from grpokit.stats import mean_interval
+
+    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4))
+    for method, r in results.items():
+        curves = list(r["curves"].values())
+        steps = sorted(set.intersection(*({s for s, _, _ in c} for c in curves)))  # evaluated at every seed
+        points = [[next(p for p in c if p[0] == s) for c in curves] for s in steps]
+        seconds = [sum(p[1] for p in at) / len(at) for at in points]
+        bands = [mean_interval([p[2] for p in at]) for at in points]
+        mean = [b["mean"] for b in bands]
+        for ax, x in ((by_step, steps), (by_time, seconds)):
+            (line,) = ax.plot(x, mean, "o-", label=method, markersize=3)
+            if len(curves) > 1:
+                ax.fill_between(x, [b["low"] for b in bands], [b["high"] for b in bands], color=line.get_color(),
+                                alpha=0.15, linewidth=0)
+    seeds = len(next(iter(results.values()))["curves"]) if results else 0
+    band = f"mean of {seeds} seeds, band: 95% t-interval" if seeds > 1 else "one seed"
+    by_step.set(xlabel="step", ylabel=f"{split} accuracy (greedy)", title=f"Accuracy by step ({band})",
+                ylim=RATE_LIMITS)
+    by_time.set(xlabel="training time (s, evaluation excluded)", ylabel=f"{split} accuracy (greedy)",
+                title="Accuracy by training time", ylim=RATE_LIMITS)
+    for ax in (by_step, by_time):
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

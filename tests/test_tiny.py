@@ -25,8 +25,12 @@ def test_correct_scratchpad_always_adds_up_and_a_slip_is_wrong_exactly_when_a_ca
 def test_splits_are_disjoint_and_answers_always_right():
     splits = make_splits(seed=0)
     train, held_out = splits["train"], splits["eval"]
-    assert len(held_out) == 200 and len(train) == 100 * 100 - 200
-    assert not {r["prompt"] for r in train} & {r["prompt"] for r in held_out}
+    assert len(held_out) == 200 and len(splits["test"]) == 1000 and len(splits["valid"]) == 500
+    assert len(train) == 100 * 100 - 1700
+    prompts = [{r["prompt"] for r in splits[s]} for s in ("train", "eval", "test", "valid")]
+    assert sum(map(len, prompts)) == len(set().union(*prompts)) == 100 * 100  # disjoint, all pairs
+    # the demo's 200 held-out prompts do not depend on the sizes of the other splits
+    assert held_out == make_splits(seed=0, test_size=0, valid_size=0)["eval"]
     for r in train[:500]:
         assert r["answer"] == str(sum(_operands(r)))
 

@@ -9,7 +9,8 @@ from grpokit.tiny.model import build_tiny, build_tokenizer
 from grpokit.tiny.task import CARRY_SLIP, make_splits, write_task
 from grpokit.tiny.tool_task import write_tool_task
 
-TASK_VERSION = 4  # 2: warm-up demonstrations with forgotten carries; 3: pairs.jsonl; 4: the tool-use task
+TASK_VERSION = 5  # 2: warm-up demonstrations with forgotten carries; 3: pairs.jsonl; 4: the tool-use task;
+# 5: test (1,000) and valid (500) splits for `grpokit compare`, taken from train
 
 # The demo's config; its relative paths point into the default home, `.grpokit/tiny`.
 DEMO_CONFIG = Path(__file__).parent / "demo.yaml"
@@ -20,7 +21,8 @@ def ensure_tiny(home: str | Path, size: str = "demo", force: bool = False, carry
     """Build the tiny model into home/model and the task into home/data unless already there."""
     home = Path(home)
     paths = {"model": home / "model", "train": home / "data" / "train.jsonl", "eval": home / "data" / "eval.jsonl",
-             "pairs": home / "data" / "pairs.jsonl", "tool_train": home / "data" / "tool_train.jsonl",
+             "pairs": home / "data" / "pairs.jsonl", "test": home / "data" / "test.jsonl",
+             "valid": home / "data" / "valid.jsonl", "tool_train": home / "data" / "tool_train.jsonl",
              "tool_eval": home / "data" / "tool_eval.jsonl"}
     if force or not (paths["model"] / "config.json").is_file():
         build_tiny(paths["model"], size=size)
