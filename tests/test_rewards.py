@@ -20,6 +20,7 @@ from grpokit.rewards import (
     math_answers,
     normalize_number,
 )
+from grpokit.rewards.code_tests import code_tests
 
 # The repository is checked out next to shared/, which holds the data sets.
 GSM8K_TEST = Path(__file__).resolve().parents[2] / "shared/data/gsm8k/test.jsonl"
@@ -277,7 +278,7 @@ def test_format_reward_custom_pattern_and_registry():
     assert format_reward("#### 18", pattern=r"#### -?\d+") == 1.0
     assert format_reward("#### x", pattern=r"#### -?\d+") == 0.0
     assert DEFAULT_FORMAT_PATTERN == r"<think>.*?</think>\s*<answer>.*?</answer>"
-    assert BUILTIN_REWARDS == {"accuracy": accuracy, "format": format_reward}
+    assert BUILTIN_REWARDS == {"accuracy": accuracy, "format": format_reward, "code_tests": code_tests}
     with pytest.raises(GrpokitError, match="not a valid regular expression"):
         format_reward("x", pattern="(")
 
