@@ -117,6 +117,7 @@ def _train_config(tiny_home, out, *extra):
         "data.max_eval_examples=4", "sampling.group_size=4", "sampling.max_new_tokens=8",
         "sampling.prompts_per_step=4", "train.steps=3", "train.progress=false", f"train.out_dir={out}",
         "grpo.beta=0", "verify.isolate=false", "optim.lr=3e-3", "sampling.engine=vllm",
+        "grpo.skip_zero_advantage=false",  # every completion forwarded: the sampler metrics are measured every step
         f"rewards=[{{name: '{REWARD}:length_parity_on_even_answers', alias: parity}}]", *extra])
 
 
