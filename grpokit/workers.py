@@ -37,6 +37,32 @@ def _parent_main_hidden():
             setattr(main, key, value)
 
 
+def serve(conn, cwd: str, sys_path: list[str], setup, handle) -> None:
+    """The body of a worker process: a process group of its own (killing the group also stops anything
+    the user code started; Ctrl-C reaches only the trainer, which decides what happens to its workers),
+    the parent's directory and import path (so dotted paths and relative files resolve as they did
+    there), then `state = setup()` (its error is sent as ("failed", message)), ("ready",), and
+    `handle(state, message)` for each message until ("stop",) or EOF."""
+    os.setpgrp()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # in case the whole session gets it
+    os.chdir(cwd)
+    sys.path[:] = sys_path
+    try:
+        state = setup()
+    except BaseException as e:  # reported to the parent, which raises it where the config is
+        conn.send(("failed", f"{type(e).__name__}: {e}"))
+        return
+    conn.send(("ready",))
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:  # the parent is gone
+            return
+        if message[0] == "stop":
+            return
+        handle(state, message)
+
+
 class Worker:
     """One worker process and the parent's end of its pipe.
 

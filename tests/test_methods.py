@@ -156,3 +156,15 @@ def test_methods_that_do_not_train_on_passed_run_without_an_accuracy_reward(tiny
     (row,) = _train_rows(out)
     assert row["pass_rate"] is None and row["loss"] is not None and "passed" in json.loads(
         (out / "rollouts.jsonl").read_text().splitlines()[0])
+
+
+@pytest.mark.parametrize("method", ["gspo", "cispo"])
+def test_own_ratio_methods_refuse_the_vllm_correction_defined_for_grpo(method):
+    from grpokit.errors import GrpokitError
+    from grpokit.methods import method_class
+
+    with pytest.raises(GrpokitError, match="vllm.importance_correction=none"):
+        method_class(load_config(None, [f"train.method={method}", "sampling.engine=vllm"]))
+    method_class(load_config(None, [f"train.method={method}", "sampling.engine=vllm",
+                                    "vllm.importance_correction=none"]))
+    method_class(load_config(None, ["train.method=grpo", "sampling.engine=vllm"]))  # grpo takes it

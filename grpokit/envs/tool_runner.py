@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import signal
 import sys
 import weakref
 
 from grpokit.envs.tools import load_tools
-from grpokit.workers import Worker
+from grpokit.workers import Worker, serve
 
 TOOL_ERROR_KINDS = ("exception", "not_a_string", "timeout", "crashed", "unknown_tool", "malformed_call")
 _MAX_MESSAGE_CHARS = 200
@@ -30,33 +29,19 @@ def _describe(e: BaseException) -> str:
 
 
 def _tool_worker(conn, specs: list, cwd: str, sys_path: list[str]) -> None:
-    os.setpgrp()  # killing the group also stops anything a tool started
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the trainer, which stops its workers
-    os.chdir(cwd)
-    sys.path[:] = sys_path
-    try:
-        tools = load_tools(specs)
-    except BaseException as e:
-        conn.send(("failed", _describe(e)))
-        return
-    conn.send(("ready",))
-    while True:
-        try:
-            message = conn.recv()
-        except EOFError:  # the parent is gone
-            return
-        if message[0] == "stop":
-            return
+    def handle(tools, message):
         _, name, arguments = message
         try:
             value = tools[name](arguments) if isinstance(arguments, str) else tools[name](**arguments)
         except BaseException as e:  # SystemExit too: a tool must not end its worker quietly
             conn.send(("error", "exception", _describe(e)))
-            continue
+            return
         if isinstance(value, str):
             conn.send(("ok", value))
         else:
             conn.send(("error", "not_a_string", f"returned a {type(value).__name__}; a tool must return a string"))
+
+    serve(conn, cwd, sys_path, lambda: load_tools(specs), handle)
 
 
 class ToolRunner:

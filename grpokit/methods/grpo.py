@@ -176,6 +176,13 @@ class GRPO(Method):
     min_group_size = 2
     can_shard = True
     advantage_rule: dict = {}
+    takes_sampler_correction = True  # vLLM's importance correction is defined on GRPO's token surrogate
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        super().check_config(config)
+        if not cls.takes_sampler_correction:
+            _refuse_sampler_correction(config)
 
     @classmethod
     def needs_reference(cls, config) -> bool:
@@ -204,10 +211,7 @@ class RLOO(GRPO):
 class GSPO(GRPO):
     """GRPO's group advantages with a sequence-level ratio, clipped per sequence (Zheng et al. 2025)."""
 
-    @classmethod
-    def check_config(cls, config) -> None:
-        super().check_config(config)
-        _refuse_sampler_correction(config)
+    takes_sampler_correction = False
 
     def policy_loss(self) -> PolicyLoss:
         g, cfg = self.config.gspo, self.config.grpo
@@ -222,10 +226,7 @@ class GSPO(GRPO):
 class CISPO(GRPO):
     """GRPO's group advantages; every token trained with a clipped, detached IS weight (MiniMax-M1)."""
 
-    @classmethod
-    def check_config(cls, config) -> None:
-        super().check_config(config)
-        _refuse_sampler_correction(config)
+    takes_sampler_correction = False
 
     def policy_loss(self) -> PolicyLoss:
         c, cfg = self.config.cispo, self.config.grpo

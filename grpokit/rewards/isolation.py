@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import signal
 import sys
 import threading
 import weakref
@@ -40,7 +39,7 @@ from grpokit.rewards.scoring import (
     score_completions,
     score_one,
 )
-from grpokit.workers import Worker
+from grpokit.workers import Worker, serve
 
 # Measured on 2 CPU cores, trainer-like parent (torch threads used, a model run, tqdm thread):
 # scoring 128 completions x (accuracy, format) takes ~5 ms in a worker for every start method
@@ -56,34 +55,20 @@ DEFAULT_STARTUP_TIMEOUT_S = 60.0
 
 
 def _worker_main(conn, specs: list, cwd: str, sys_path: list[str], timeout: float | None) -> None:
-    # A process group of its own: killing the group also stops any process a reward started (a
-    # code-running reward's subprocess), and Ctrl-C in the terminal reaches only the trainer,
-    # which decides what happens to its workers.
-    os.setpgrp()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # in case the whole session gets it
-    # Resolve dotted paths and relative file paths as the parent did when the scorer was made.
-    os.chdir(cwd)
-    sys.path[:] = sys_path
-    try:
+    def setup():
         components = build_reward_components(specs)
         _warm_up(components, timeout)
-    except BaseException as e:  # reported to the parent, which raises it where the config is
-        conn.send(("failed", f"{type(e).__name__}: {e}"))
-        return
-    conn.send(("ready",))
-    while True:
-        try:
-            message = conn.recv()
-        except EOFError:  # the parent is gone
-            return
-        if message[0] == "stop":
-            return
+        return components
+
+    def handle(components, message):
         how, c, prompts, completions, examples = message
         if how == "batched":
             conn.send(score_batched(components[c], prompts, completions, examples))
         else:
             for completion, prompt, example in zip(completions, prompts, examples):
                 conn.send(score_one(components[c], completion, prompt, example))
+
+    serve(conn, cwd, sys_path, setup, handle)
 
 
 def _warm_up(components: list[RewardComponent], timeout: float | None) -> None:
