@@ -101,7 +101,8 @@ class EnvConfig:
                                     "environment class as file.py:Class or package.module:Class. null: one "
                                     "completion per prompt.")
     tools: list = option(["calculator"], "With name: tools, the tools the model may call: built-in names "
-                                         "(calculator) or functions as file.py:function / package.module:function.")
+                                         "(calculator; python, run in the sandbox) or functions as "
+                                         "file.py:function / package.module:function.")
     format: str = option("auto", "Tool-call format: tags (<tool>...</tool>, answered by <result>...</result>), "
                                  "chat_template (the tokenizer's own tool-call template), or auto (chat_template "
                                  "where the tokenizer has one, else tags).")

@@ -55,7 +55,32 @@ def calculator(expression: str) -> str:
     return str(result)
 
 
-BUILTIN_TOOLS: dict[str, Callable] = {"calculator": calculator}
+# Under env.tool_timeout's default (5 s), so the sandbox reports a timeout to the model before the
+# tool worker is killed and the call counted as a tool error.
+PYTHON_TOOL_SECONDS = 4.0
+_STDERR_LINES = 3  # a traceback's last lines name the error; the rest would only crowd the result
+
+
+def python(code: str) -> str:
+    """Run a Python program in a sandbox and return what it printed.
+
+    Args:
+        code: the program; print what you want to see, e.g. print(37*48)
+    """
+    # Model-written code: only ever in the sandbox (no network, read-only system, limits; docs/sandbox.md).
+    # A sandbox that cannot start raises SandboxUnavailable: a tool error, counted, never run unconfined.
+    from grpokit.sandbox import run_python
+
+    result = run_python(code, timeout=PYTHON_TOOL_SECONDS)
+    parts = [result.stdout.rstrip("\n")] if result.stdout.strip() else []
+    if not result.ok:
+        if not result.timed_out:
+            parts += result.stderr.strip().splitlines()[-_STDERR_LINES:]
+        parts.append(f"[{result.describe()}]")  # "exit 1", "timed out after 4.0 s", "killed by SIGXCPU ..."
+    return "\n".join(parts) if parts else "[no output]"
+
+
+BUILTIN_TOOLS: dict[str, Callable] = {"calculator": calculator, "python": python}
 
 _FORMS = ("a built-in tool (" + ", ".join(BUILTIN_TOOLS) + "), a dotted path 'package.module:function', or a "
           "file path 'path/to/file.py:function'")
