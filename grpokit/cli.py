@@ -118,21 +118,24 @@ def _demo_table(summary: dict) -> str:
 
 def _gain_standard_error(before: dict, after: dict) -> float:
     """Standard error of a difference of two held-out accuracies, each a binomial proportion
-    sqrt(p(1-p)/n), taken as independent (conservative for the same prompts, which correlate)."""
-    return math.sqrt(sum(e["accuracy"] * (1 - e["accuracy"]) / e["n"] for e in (before, after)))
+    sqrt(p(1-p)/n) over the n scored prompts, taken as independent (conservative for the same prompts,
+    which correlate)."""
+    return math.sqrt(sum(e["accuracy"] * (1 - e["accuracy"]) / (e["n"] - e.get("unscored", 0))
+                         for e in (before, after)))
 
 
 def cmd_eval(args) -> int:
     from grpokit.config import load_config
     from grpokit.data import load_examples, render_prompt
-    from grpokit.evaluation import evaluate
+    from grpokit.evaluation import evaluate, make_eval_scorer
     from grpokit.modeling import load_model, load_tokenizer
-    from grpokit.rewards import build_reward_components
 
     config = load_config(args.config, [f"model.path={args.model}", *args.overrides])
     if args.extract:
         config.rewards = [_with_extract(spec, args.extract) for spec in config.rewards]
-    components = build_reward_components(config.rewards)
+    v = config.verify  # scored as training scores: the same worker, time limits and pass rule
+    # built before the model loads, so a bad reward fails fast
+    scorer = make_eval_scorer(config.rewards, config.online.pass_reward, timeout=v.timeout, isolate=v.isolate)
     d = config.data
     examples = load_examples(args.data, split=d.eval_split, prompt_field=d.prompt_field,
                              answer_field=d.answer_field, dataset_format=d.dataset_format,
@@ -141,20 +144,30 @@ def cmd_eval(args) -> int:
     model = load_model(config.model)
     prompts = [render_prompt(ex.prompt, tokenizer, system_prompt=d.system_prompt,
                              prompt_template=d.prompt_template) for ex in examples]
-    result = evaluate(model, tokenizer, prompts, [ex.answer for ex in examples], components,
-                      max_new_tokens=args.max_new_tokens or config.eval.max_new_tokens
-                      or config.sampling.max_new_tokens,
-                      batch_size=config.eval.batch_size, k=args.k, temperature=config.sampling.temperature,
-                      engine=config.sampling.engine)
-    samples = result.pop("samples")
+    with scorer:
+        result = evaluate(model, tokenizer, prompts, [ex.answer for ex in examples],
+                          max_new_tokens=args.max_new_tokens or config.eval.max_new_tokens
+                          or config.sampling.max_new_tokens,
+                          batch_size=config.eval.batch_size, k=args.k, temperature=config.sampling.temperature,
+                          engine=config.sampling.engine, rows=[ex.reward_fields() for ex in examples], scorer=scorer,
+                          pass_reward=config.online.pass_reward, pass_threshold=config.online.pass_threshold)
+    samples, errors = result.pop("samples"), result.pop("errors")
+    if errors:
+        e = errors[0]
+        print(f"grpokit: a reward failed on {result['unscored']} completion(s), left unscored (not counted as "
+              f"wrong); e.g. {e['component']!r} on completion {e['index']}: {e['kind']}: {e['message']}",
+              file=sys.stderr)
     if args.json:
         print(json.dumps(result))
     else:
         for key, value in result.items():
+            if key in ("unscored", "unscored_samples") and not value:
+                continue
             print(f"{key:>16}: {value:.4f}" if isinstance(value, float) else f"{key:>16}: {value}")
         print("\nfirst completions:")
         for s in samples[:3]:
-            print(f"  [{'correct' if s['correct'] else 'wrong'}] {s['completion']!r}")
+            verdict = {True: "correct", False: "wrong", None: "unscored"}[s["correct"]]
+            print(f"  [{verdict}] {s['completion']!r}")
     return 0
 
 

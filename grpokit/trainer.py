@@ -37,7 +37,7 @@ from grpokit.collector import RolloutCollector
 from grpokit.config import Config
 from grpokit.envs import make_environments
 from grpokit.errors import GrpokitError
-from grpokit.evaluation import evaluate
+from grpokit.evaluation import eval_reward_specs, evaluate, make_eval_scorer
 from grpokit.inputs import Inputs, check_world, prepare_inputs, report_dropped
 from grpokit.methods import METHODS, Method, ScoredGroups, shardable_methods
 from grpokit.methods.sft import sft_step
@@ -79,6 +79,7 @@ class Trainer:
         self.scorer = make_scorer(config.rewards, timeout=v.timeout, isolate=v.isolate)
         self.sampler = None  # started with an online method (train_method)
         self.eval_envs = None  # multi-turn evaluation's environments, made at the first evaluation
+        self.eval_scorer = None  # the rewards evaluation reads, made at the first evaluation
 
     @property
     def lora_base_dir(self) -> Path:
@@ -120,6 +121,8 @@ class Trainer:
                 return self.summary
         finally:
             self.scorer.close()
+            if self.eval_scorer not in (None, self.scorer):
+                self.eval_scorer.close()
             if self.eval_envs is not None:
                 self.eval_envs.close()
             if self.sampler is not None:
@@ -330,15 +333,23 @@ class Trainer:
             self.eval_envs = self.eval_envs or make_environments(c, self.tokenizer)
             conversations = MultiTurnSampler(LocalSampler(model, self.tokenizer, c, single_process()),
                                              self.tokenizer, self.eval_envs, c)
+        if self.eval_scorer is None:  # scored as training scores (worker, time limits, sandbox), by the pass rule
+            v, reads_all = c.verify, eval_reward_specs(c.rewards, c.online.pass_reward) == list(c.rewards)
+            self.eval_scorer = self.scorer if reads_all else make_eval_scorer(
+                c.rewards, c.online.pass_reward, timeout=v.timeout, isolate=v.isolate)
         result = evaluate(model, self.tokenizer, self.inputs.eval_prompts, [ex.answer for ex in self.inputs.eval],
-                          self.inputs.components, max_new_tokens=c.eval.max_new_tokens or c.sampling.max_new_tokens,
+                          max_new_tokens=c.eval.max_new_tokens or c.sampling.max_new_tokens,
                           batch_size=c.eval.batch_size, engine=c.sampling.engine, sampler=conversations,
-                          rows=[ex.reward_fields() for ex in self.inputs.eval])
+                          rows=[ex.reward_fields() for ex in self.inputs.eval], scorer=self.eval_scorer,
+                          pass_reward=c.online.pass_reward, pass_threshold=c.online.pass_threshold)
+        if result["errors"]:  # completions left unscored, in the errors log with the training ones
+            self.run.append(self.run.errors_path, [{"step": step, "phase": label, **e} for e in result["errors"]])
         self.run.log_metrics({"step": step, "phase": label, "eval_accuracy": result["accuracy"],
                               "eval_format_rate": result["format_rate"], "eval_mean_length": result["mean_length"],
+                              **({"eval_unscored": result["unscored"]} if result["unscored"] else {}),
                               **({"eval_tool_call_rate": result["tool_call_rate"]} if conversations else {}),
                               "eval_seconds": result["seconds"], "train_seconds": self.train_seconds})
-        return {k: v for k, v in result.items() if k != "samples"}
+        return {k: v for k, v in result.items() if k not in ("samples", "errors")}
 
     def checkpoint(self, step: int, optimizer, scheduler) -> Path | None:
         state = {"scheduler": scheduler.state_dict(), "train_seconds": self.train_seconds,
