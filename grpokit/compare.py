@@ -129,7 +129,8 @@ def compare(config_path: str | None, overrides: list[str], out_dir: str | Path,
         for method in methods:
             for r in runs[method][chosen[method]].values():
                 r["validation"] = {"accuracy_after": r["accuracy_after"], "accuracy_before": r["accuracy_before"]}
-                r["accuracy_after"] = _test_accuracy(base, Path(r["run_dir"]), config.data.eval)
+                test = _test_eval(base, Path(r["run_dir"]), config.data.eval)
+                r["accuracy_after"], r["eval_unscored"] = test["accuracy"], r["eval_unscored"] + test["unscored"]
     results = aggregate({m: runs[m][chosen[m]] for m in methods},
                         reference=reference if reference in methods else None)
     for method in methods:
@@ -164,12 +165,12 @@ def _choose(by_value: dict[str | None, dict[int, dict]]) -> str | None:
     return max(by_value, key=score)
 
 
-def _test_accuracy(base: Path, run_dir: Path, test_path: str) -> float:
-    """Greedy accuracy of a run's final model on the test prompts, by `grpokit eval` in its own process."""
+def _test_eval(base: Path, run_dir: Path, test_path: str) -> dict:
+    """Greedy evaluation of a run's final model on the test prompts, by `grpokit eval` in its own process."""
     text = _run([str(run_dir / "final"), test_path, "--config", str(base), "--json"], run_dir.parent /
                 f"{run_dir.name}.test.log", command="eval")
     line = [ln for ln in text.splitlines() if ln.startswith("{")][-1]
-    return json.loads(line)["accuracy"]
+    return json.loads(line)
 
 
 def method_result(run_dir: Path) -> dict:
@@ -195,6 +196,7 @@ def method_result(run_dir: Path) -> dict:
         "steps_without_data": sum(1 for r in steps if r.get("no_data_reason")),
         "steps": len(steps),
         "curve": [(r["step"], r["train_seconds"], r["eval_accuracy"]) for r in evals],
+        "eval_unscored": sum(r.get("eval_unscored", 0) for r in evals),  # a reward failed on them
     }
 
 
@@ -236,6 +238,7 @@ def aggregate(runs: dict[str, dict[int, dict]], reference: str | None = None) ->
         result["zero_variance_fraction"] = _mean([r["zero_variance_fraction"] for r in rows])
         result["steps_without_data"] = sum(r["steps_without_data"] for r in rows)
         result["steps"] = sum(r["steps"] for r in rows)
+        result["eval_unscored"] = sum(r.get("eval_unscored", 0) for r in rows)
         result["eval_n"] = rows[0]["eval_n"]
         result["seeds"] = seeds
         result["auc_horizon_seconds"] = [horizon[s] for s in seeds]
@@ -302,6 +305,10 @@ def format_table(results: dict[str, dict], meta: dict) -> str:
         "Mean accuracy over the first T s: the area under accuracy against training time up to T, divided by T; "
         "T is the shortest training time of any method at that seed.",
     ]
+    unscored = {method: r["eval_unscored"] for method, r in results.items() if r.get("eval_unscored")}
+    if unscored:
+        notes.append("eval_unscored (held-out completions a reward failed on, over every evaluation and seed; each "
+                     "accuracy is over the scored rest): " + ", ".join(f"{m} {n}" for m, n in unscored.items()) + ".")
     if ref:
         notes.append(f"Δ final vs {ref}: the per-seed paired difference (same seed, same warm-up, same data order), "
                      "in points; * marks an interval that excludes 0.")

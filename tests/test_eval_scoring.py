@@ -271,3 +271,31 @@ def test_only_the_rewards_a_verdict_reads_are_scored(user_rewards):
         verdicts = Judge(scorer).judge(["q"] * 2, ["<answer>5</answer>", "5"], [{"answer": "5"}] * 2)
     assert verdicts.correct == [True, False] and verdicts.errors == []  # "raises" never ran
 
+
+def test_compare_reports_unscored_evaluations(tmp_path):
+    from grpokit.compare import aggregate, format_table, method_result
+    from tests.test_compare import _run
+
+    run = tmp_path / "grpo"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({
+        "eval_before": {"accuracy": 0.5, "format_rate": 1.0, "n": 4}, "eval_after": {"accuracy": 0.75, "n": 4},
+        "train_seconds": 3.0, "peak_memory_mb": 1.0, "trained_state_mb": 1.0}))
+    rows = [{"step": 0, "phase": "before", "eval_accuracy": 0.5, "train_seconds": 0.0, "eval_unscored": 2},
+            {"step": 1, "phase": "train", "loss": 0.1},
+            {"step": 1, "phase": "after", "eval_accuracy": 0.75, "train_seconds": 3.0, "eval_unscored": 1}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert method_result(run)["eval_unscored"] == 3  # both evaluations
+    runs = {"grpo": {0: {**_run(0.6, [0, 10], [0.4, 0.6], 10), "eval_unscored": 3},
+                     1: {**_run(0.5, [0, 10], [0.4, 0.5], 10), "eval_unscored": 1}},
+            "rft": {0: _run(0.6, [0, 10], [0.4, 0.6], 10), 1: _run(0.7, [0, 10], [0.4, 0.7], 10)}}
+    results = aggregate(runs)
+    assert (results["grpo"]["eval_unscored"], results["rft"]["eval_unscored"]) == (4, 0)
+    meta = {"reference": None, "seeds": [0, 1], "sweep": None, "lr": 5e-5, "interval": "95% Student-t interval",
+            "eval_n": 1000, "test": "test.jsonl", "eval_standard_error_max": 0.0158}
+    for method in results:
+        results[method]["value"] = None
+    assert "eval_unscored (held-out completions a reward failed on" in format_table(results, meta)
+    assert "accuracy is over the scored rest): grpo 4." in format_table(results, meta)
+    results["grpo"]["eval_unscored"] = 0
+    assert "eval_unscored" not in format_table(results, meta)
