@@ -143,7 +143,7 @@ def compare(config_path: str | None, overrides: list[str], out_dir: str | Path,
     meta = {"seeds": seed_list, "reference": reference if reference in methods else None,
             "interval": f"{CONFIDENCE:.0%} Student-t interval over seeds",
             "sweep": {"key": swept[0], "values": swept[1], "valid": valid_path} if swept else None,
-            "lr": config.optim.lr, "test": config.data.eval, "eval_n": eval_n,
+            "lr": config.optim.lr, "test": config.data.eval, "eval_n": eval_n, "warmup_steps": config.warmup.steps,
             "eval_standard_error_max": binomial_standard_error(0.5, eval_n) if eval_n else None}
     table = format_table(results, meta)
     (out / "table.md").write_text(table + "\n", encoding="utf-8")
@@ -295,8 +295,10 @@ def format_table(results: dict[str, dict], meta: dict) -> str:
     se = meta["eval_standard_error_max"]
     notes = [
         "",
-        f"Seeds {', '.join(map(str, meta['seeds']))}; each seed has its own SFT warm-up, shared by every method of "
-        f"that seed (warm-up accuracy {_interval(first['before'])}{curve_split}).",
+        f"Seeds {', '.join(map(str, meta['seeds']))}; "
+        + ("each seed has its own SFT warm-up, shared by every method of that seed (warm-up accuracy "
+           if meta["warmup_steps"] else "no warm-up: every method starts from the model (accuracy ")
+        + f"{_interval(first['before'])}{curve_split}).",
         f"[low, high]: {meta['interval']} (t with {n_seeds - 1} degrees of freedom)." if n_seeds > 1 else
         "One seed: no interval; run --seeds 3 or more before ranking methods.",
         f"Held-out prompts: {meta['eval_n']} ({meta['test']}); one evaluation's standard error is at most "
@@ -310,7 +312,7 @@ def format_table(results: dict[str, dict], meta: dict) -> str:
         notes.append("eval_unscored (held-out completions a reward failed on, over every evaluation and seed; each "
                      "accuracy is over the scored rest): " + ", ".join(f"{m} {n}" for m, n in unscored.items()) + ".")
     if ref:
-        notes.append(f"Δ final vs {ref}: the per-seed paired difference (same seed, same warm-up, same data order), "
+        notes.append(f"Δ final vs {ref}: the per-seed paired difference (same seed, same start, same data order), "
                      "in points; * marks an interval that excludes 0.")
     if sweep:
         notes.append(f"{sweep['key']} chosen per method by mean final accuracy on {sweep['valid']} over "
@@ -319,7 +321,8 @@ def format_table(results: dict[str, dict], meta: dict) -> str:
                   "|---|" + "---|" * len(sweep["values"])]
         for method, r in results.items():
             notes.append(f"| {method} | " + " | ".join(_interval(r["sweep"][v]) for v in sweep["values"]) + " |")
-    notes += ["", "Final accuracy per seed:", "", "| seed | warm-up | " + " | ".join(results) + " |",
+    start = "warm-up" if meta["warmup_steps"] else "start"
+    notes += ["", "Final accuracy per seed:", "", f"| seed | {start} | " + " | ".join(results) + " |",
               "|---|---|" + "---|" * len(results)]
     for i, seed in enumerate(first["seeds"]):
         notes.append(f"| {seed} | {first['before']['values'][i]:.1%} | "

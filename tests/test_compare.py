@@ -89,12 +89,16 @@ def test_aggregate_by_hand():
     assert not d["excludes_zero"]
     assert r["rft"]["vs_reference"]["auc"]["values"] == pytest.approx([0.10, 0.225])
     meta = {"reference": "grpo", "seeds": [0, 1], "sweep": None, "lr": 5e-5, "interval": "95% Student-t interval",
-            "eval_n": 1000, "test": "test.jsonl", "eval_standard_error_max": 0.0158}
+            "eval_n": 1000, "test": "test.jsonl", "eval_standard_error_max": 0.0158, "warmup_steps": 300}
     for method in r:
         r[method]["value"] = None
     table = format_table(r, meta)
     assert "| rft | 5e-05 | 65.0% [1.5, 128.5] |" in table and "+10.0 [-117.1, +137.1] |" in table
     assert "at most 1.6 points" in table and "| 1 | 40.0% | 50.0% | 70.0% |" in table
+    assert "each seed has its own SFT warm-up" in table and "| seed | warm-up | grpo | rft |" in table
+    no_warmup = format_table(r, {**meta, "warmup_steps": 0})  # e.g. the SmolLM2 recipe: methods start from the model
+    assert "no warm-up: every method starts from the model (accuracy 40.0% [40.0, 40.0])" in no_warmup
+    assert "| seed | start | grpo | rft |" in no_warmup and "SFT warm-up" not in no_warmup
 
 
 def test_compare_refuses_offline_and_unknown_methods(tmp_path):
