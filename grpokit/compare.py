@@ -131,6 +131,7 @@ def compare(config_path: str | None, overrides: list[str], out_dir: str | Path,
                 r["validation"] = {"accuracy_after": r["accuracy_after"], "accuracy_before": r["accuracy_before"]}
                 test = _test_eval(base, Path(r["run_dir"]), config.data.eval)
                 r["accuracy_after"], r["eval_unscored"] = test["accuracy"], r["eval_unscored"] + test["unscored"]
+                r["eval_n"] = test["n"]  # the table's standard error is the test evaluation's, not validation's
     results = aggregate({m: runs[m][chosen[m]] for m in methods},
                         reference=reference if reference in methods else None)
     for method in methods:
