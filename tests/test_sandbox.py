@@ -79,6 +79,19 @@ def test_a_correct_program_runs_with_stdin_and_an_empty_environment(box):
 
 
 @needs_sandbox
+def test_a_python_under_tmp_stays_visible_under_the_sandboxs_own_tmp(tmp_path):
+    # A venv in a CI checkout under /tmp: the sandbox's fresh /tmp must not hide the interpreter.
+    assert str(tmp_path).startswith("/tmp/")
+    venv_python = tmp_path / "venv" / "bin" / "python"
+    venv_python.parent.mkdir(parents=True)
+    venv_python.symlink_to(os.path.realpath(sys.executable))
+    with Sandbox(workers=1, limits=LIMITS, python=str(venv_python)) as sandbox:
+        result = sandbox.run_python("import sys\nprint(sys.executable)\nopen('/tmp/scratch', 'w').write('x')")
+    assert result.ok, result.stderr
+    assert result.stdout == f"{venv_python}\n"
+
+
+@needs_sandbox
 def test_trainer_environment_is_not_visible(box, monkeypatch):
     monkeypatch.setenv("GRPOKIT_TRAINER_SECRET", "hunter2")
     result = box.run_python("import os\nprint(dict(os.environ))\nprint(open('/proc/1/environ','rb').read())")

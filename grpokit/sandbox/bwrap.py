@@ -40,18 +40,18 @@ INSTALL_HINT = (
 
 
 def python_dirs(executable: str) -> list[str]:
-    """The folders a Python interpreter needs: for ours, its prefixes (venv and base); for another, the
-    folder above its bin/, as given and with symlinks resolved."""
+    """The folders a Python interpreter needs: the folder above its bin/, as given and with symlinks
+    resolved, and for ours (the same binary) its prefixes too (venv and base)."""
+    candidates = [os.path.dirname(os.path.dirname(os.path.abspath(executable))),
+                  os.path.dirname(os.path.dirname(os.path.realpath(executable)))]
     if os.path.realpath(executable) == os.path.realpath(sys.executable):
-        candidates = [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
-    else:
-        candidates = [os.path.dirname(os.path.dirname(os.path.abspath(executable)))]
-    candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(executable))))
+        candidates += [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
     return [os.path.realpath(p) for p in candidates if p and os.path.isdir(p)]
 
 
-def _read_only_binds(extra_dirs: list[str]) -> list[str]:
-    """--ro-bind for the system and Python folders, each ancestor made traversable (0755) first."""
+def _read_only_binds(extra_dirs: list[str], mounted: tuple[str, ...] = ()) -> list[str]:
+    """--ro-bind for the system and Python folders, each ancestor made traversable (0755) first,
+    except the folders in `mounted`, already made by an earlier argument (the sandbox's own /tmp)."""
     args: list[str] = []
     for link in _TOP_LINKS:  # merged /usr: /lib -> usr/lib is a symlink, kept as one
         if os.path.islink(link):
@@ -61,7 +61,7 @@ def _read_only_binds(extra_dirs: list[str]) -> list[str]:
     bound: list[str] = [d for d in _SYSTEM_DIRS if os.path.isdir(d)]
     for d in bound:
         args += ["--ro-bind", d, d]
-    made: set[str] = set()
+    made: set[str] = set(mounted)
     for path in sorted(set(extra_dirs), key=len):
         if any(path == b or path.startswith(b + "/") for b in bound):
             continue
@@ -94,10 +94,11 @@ def bwrap_command(bwrap: str, limits: Limits, program: list[str], files: dict[st
         args += ["--unshare-user"]
     else:  # root: keep just the two capabilities setpriv needs to become `uid`; setpriv then drops all
         args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
-    args += _read_only_binds(python_dirs(python))
-    args += ["--dev", "/dev", "--proc", "/proc",
-             "--size", size, "--perms", "01777", "--tmpfs", "/tmp",
-             "--size", size, "--perms", "01777", "--tmpfs", SANDBOX_DIR]
+    # The fresh /tmp first, then the read-only folders: a Python under /tmp (a venv in a CI checkout
+    # such as /tmp/build/.venv) stays visible instead of being hidden by the new /tmp.
+    args += ["--dev", "/dev", "--proc", "/proc", "--size", size, "--perms", "01777", "--tmpfs", "/tmp"]
+    args += _read_only_binds(python_dirs(python), mounted=("/tmp",))
+    args += ["--size", size, "--perms", "01777", "--tmpfs", SANDBOX_DIR]
     for name, fd in files.items():
         args += ["--perms", "0644", "--file", str(fd), f"{SANDBOX_DIR}/{name}"]
     args += ["--chdir", SANDBOX_DIR, "--"]
