@@ -6,13 +6,8 @@ import pytest
 from grpokit.config import load_config
 from grpokit.envs import EnvironmentFactory
 from grpokit.envs.tools import PYTHON_TOOL_SECONDS, python, tool_schema
-from grpokit.sandbox import SandboxUnavailable, shared_sandbox
+from tests.test_sandbox import REFUSAL  # a confined test program, started once
 
-try:
-    shared_sandbox()
-    REFUSAL = None
-except SandboxUnavailable as e:
-    REFUSAL = str(e)
 needs_sandbox = pytest.mark.skipif(REFUSAL is not None, reason=f"the sandbox refuses on this machine: {REFUSAL}")
 
 
