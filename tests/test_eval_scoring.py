@@ -292,7 +292,7 @@ def test_compare_reports_unscored_evaluations(tmp_path):
     results = aggregate(runs)
     assert (results["grpo"]["eval_unscored"], results["rft"]["eval_unscored"]) == (4, 0)
     meta = {"reference": None, "seeds": [0, 1], "sweep": None, "lr": 5e-5, "interval": "95% Student-t interval",
-            "eval_n": 1000, "test": "test.jsonl", "eval_standard_error_max": 0.0158}
+            "eval_n": 1000, "test": "test.jsonl", "eval_standard_error_max": 0.0158, "warmup_steps": 0}
     for method in results:
         results[method]["value"] = None
     assert "eval_unscored (held-out completions a reward failed on" in format_table(results, meta)
