@@ -126,9 +126,14 @@ def _gain_standard_error(before: dict, after: dict) -> float:
 
 def cmd_eval(args) -> int:
     from grpokit.config import load_config
-    from grpokit.data import load_examples, render_prompt
+    from grpokit.data import load_examples
+    from grpokit.envs import check_environment, make_environments
     from grpokit.evaluation import evaluate, make_eval_scorer
+    from grpokit.inputs import render_and_filter
     from grpokit.modeling import load_model, load_tokenizer
+    from grpokit.multiturn import MultiTurnSampler
+    from grpokit.parallel import single_process
+    from grpokit.sampler import LocalSampler
 
     config = load_config(args.config, [f"model.path={args.model}", *args.overrides])
     if args.extract:
@@ -141,16 +146,29 @@ def cmd_eval(args) -> int:
                              answer_field=d.answer_field, dataset_format=d.dataset_format,
                              max_examples=args.max_examples or d.max_eval_examples)
     tokenizer = load_tokenizer(config.model.path, config.model.trust_remote_code)
+    # Prompts as training renders them (the tools a chat template shows, data.max_prompt_tokens)
+    tools = check_environment(config, tokenizer)
+    examples, prompts, dropped = render_and_filter(examples, tokenizer, config, "eval", tools)
+    if dropped:
+        print(f"grpokit: dropped {dropped} rows whose prompt is longer than data.max_prompt_tokens="
+              f"{config.data.max_prompt_tokens}.", file=sys.stderr)
     model = load_model(config.model)
-    prompts = [render_prompt(ex.prompt, tokenizer, system_prompt=d.system_prompt,
-                             prompt_template=d.prompt_template) for ex in examples]
-    with scorer:
-        result = evaluate(model, tokenizer, prompts, [ex.answer for ex in examples],
-                          max_new_tokens=args.max_new_tokens or config.eval.max_new_tokens
-                          or config.sampling.max_new_tokens,
-                          batch_size=config.eval.batch_size, k=args.k, temperature=config.sampling.temperature,
-                          engine=config.sampling.engine, rows=[ex.reward_fields() for ex in examples], scorer=scorer,
-                          pass_reward=config.online.pass_reward, pass_threshold=config.online.pass_threshold)
+    # With an env section every answer is a conversation with the environment, as in training's evaluation
+    envs = make_environments(config, tokenizer)
+    conversations = MultiTurnSampler(LocalSampler(model, tokenizer, config, single_process()), tokenizer, envs,
+                                     config) if envs else None
+    try:
+        with scorer:
+            result = evaluate(model, tokenizer, prompts, [ex.answer for ex in examples],
+                              max_new_tokens=args.max_new_tokens or config.eval.max_new_tokens
+                              or config.sampling.max_new_tokens,
+                              batch_size=config.eval.batch_size, k=args.k, temperature=config.sampling.temperature,
+                              engine=config.sampling.engine, sampler=conversations,
+                              rows=[ex.reward_fields() for ex in examples], scorer=scorer,
+                              pass_reward=config.online.pass_reward, pass_threshold=config.online.pass_threshold)
+    finally:
+        if conversations is not None:
+            conversations.close()
     samples, errors = result.pop("samples"), result.pop("errors")
     if errors:
         e = errors[0]

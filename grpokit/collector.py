@@ -16,7 +16,7 @@ import torch
 
 from grpokit.advantages import zero_variance_groups
 from grpokit.rewards import check_error_rate
-from grpokit.rewards.passing import passed, resolve_pass_reward
+from grpokit.rewards.passing import ENV_REWARD, passed, resolve_pass_reward
 from grpokit.rewards.scoring import Scores
 from grpokit.sampler import Rollout, Sampler
 
@@ -38,7 +38,8 @@ class RolloutCollector:
     def __init__(self, config, inputs, sampler: Sampler, scorer, run, world):
         self.config, self.inputs, self.sampler, self.scorer, self.run, self.world = \
             config, inputs, sampler, scorer, run, world
-        self.pass_key = resolve_pass_reward(config.online.pass_reward, inputs.components)  # checked in inputs
+        self.pass_key = resolve_pass_reward(config.online.pass_reward, inputs.components,  # checked in inputs
+                                            env=bool(config.env.name))
 
     def without_signal(self, scores: Scores) -> torch.Tensor:
         """(N,) bool: groups dynamic sampling drops. Only verified completions count (an unscored one is
@@ -70,7 +71,7 @@ class RolloutCollector:
         scores = self.scorer.score([p for p in prompts for _ in range(G)], rollout.completions,
                                    [ex.reward_fields() for ex in examples])
         if rollout.env_rewards is not None and any(r is not None for r in rollout.env_rewards):
-            scores = scores.with_component("env", rollout.env_rewards)  # the environment's own reward
+            scores = scores.with_component(ENV_REWARD, rollout.env_rewards)  # the environment's own reward
         if scores.errors:  # logged before the error-rate check, whose message points here
             rank = {"rank": self.world.rank} if self.world.size > 1 else {}
             self.run.append(self.run.errors_path, [{"step": step, **rank, **e} for e in scores.errors],

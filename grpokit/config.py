@@ -139,8 +139,9 @@ class CISPOConfig:
 class OnlineConfig:
     pass_reward: str = option("accuracy", "Reward component (its alias if it has one, or a built-in's name) that "
                                           "decides whether a sampled "
-                                          "completion passed verification (rft, online_dpo, online_orpo); "
-                                          "'total' uses the weighted sum.")
+                                          "completion passed verification (rft, online_dpo, online_orpo, "
+                                          "evaluation); 'total' uses the weighted sum, 'env' a multi-turn "
+                                          "environment's own reward.")
     pass_threshold: float = option(1.0, "A completion passes when that reward is at least this.")
     pair_rule: str = option("random", "How online_dpo/online_orpo pair a passing with a failing completion of the "
                                       "same prompt: random (uniform, distinct texts) or reward_gap (highest-reward "

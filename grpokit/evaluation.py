@@ -28,7 +28,7 @@ from grpokit.rewards import (
     make_scorer,
     score_completions,
 )
-from grpokit.rewards.passing import passed, resolve_pass_reward
+from grpokit.rewards.passing import ENV_REWARD, passed, resolve_pass_reward
 from grpokit.rewards.scoring import Scores
 from grpokit.sampler import sample
 from grpokit.stats import pass_at_k
@@ -100,10 +100,10 @@ class Judge:
     [True, False, True]
     """
 
-    def __init__(self, scorer, pass_reward: str = "accuracy", pass_threshold: float = 1.0):
+    def __init__(self, scorer, pass_reward: str = "accuracy", pass_threshold: float = 1.0, env: bool = False):
         self.scorer = scorer
         components = list(scorer.components)
-        key = resolve_pass_reward(pass_reward, components)
+        key = resolve_pass_reward(pass_reward, components, env)  # env: conversations bring the "env" reward
         self.pass_in_run = key is not None
         self.key, self.threshold = (key, pass_threshold) if self.pass_in_run else ("accuracy", 1.0)
         self.format_key = _builtin(components, "format")
@@ -119,7 +119,7 @@ class Judge:
         multi-turn environment's reward per conversation, a component ("env") as in training."""
         scores = self.scorer.score(prompts, completions, rows)
         if env_rewards is not None and any(r is not None for r in env_rewards):
-            scores = scores.with_component("env", env_rewards)
+            scores = scores.with_component(ENV_REWARD, env_rewards)
         builtin = score_completions(self.fallback, prompts, completions, rows) if self.fallback else None
         verified = scores.verified()
         if builtin is not None:
@@ -173,7 +173,7 @@ def evaluate(
     if (scorer is None) == (components is None):
         raise ValueError("evaluate: give the reward components or a scorer (exactly one of them)")
     start = time.perf_counter()
-    judge = Judge(scorer or ComponentScorer(components), pass_reward, pass_threshold)
+    judge = Judge(scorer or ComponentScorer(components), pass_reward, pass_threshold, env=sampler is not None)
     rows = rows if rows is not None else [{"answer": a} for a in answers]
     correct, formatted, errors, lengths, truncated, outputs, tool_calls = [], [], [], [], [], [], []
     for i in range(0, len(prompts), batch_size):
@@ -206,7 +206,8 @@ def evaluate(
         n = n_samples or k
         result.update(_pass_and_majority(model, tokenizer, prompts, answers, None, k=k, n=n,
                                          max_new_tokens=max_new_tokens, temperature=temperature,
-                                         batch_size=max(1, batch_size // n), engine=engine, judge=judge, rows=rows))
+                                         batch_size=max(1, batch_size // n), engine=engine, judge=judge, rows=rows,
+                                         sampler=sampler))
     result["seconds"] = time.perf_counter() - start
     result["errors"] = errors
     result["samples"] = [{"completion": o, "correct": c} for o, c in zip(outputs[:8], correct[:8])]
@@ -215,7 +216,7 @@ def evaluate(
 
 def _pass_and_majority(model, tokenizer, prompts, answers, accuracy_c, *, k, n, max_new_tokens, temperature,
                        batch_size, engine: str, seed: int = 0, judge: Judge | None = None,
-                       rows: list[dict] | None = None) -> dict:
+                       rows: list[dict] | None = None, sampler=None) -> dict:
     if n < k:
         raise ValueError(f"pass@k needs at least k samples per prompt; got n_samples={n} < k={k}")
     # Its own seeded RNG stream: evaluating must not change what training samples next.
@@ -223,22 +224,27 @@ def _pass_and_majority(model, tokenizer, prompts, answers, accuracy_c, *, k, n, 
         torch.manual_seed(seed)
         return _pass_and_majority_unseeded(model, tokenizer, prompts, answers, accuracy_c, k=k, n=n,
                                            max_new_tokens=max_new_tokens, temperature=temperature,
-                                           batch_size=batch_size, engine=engine, judge=judge, rows=rows)
+                                           batch_size=batch_size, engine=engine, judge=judge, rows=rows,
+                                           sampler=sampler)
 
 
 def _pass_and_majority_unseeded(model, tokenizer, prompts, answers, accuracy_c, *, k, n, max_new_tokens,
                                 temperature, batch_size, engine: str, judge: Judge | None = None,
-                                rows: list[dict] | None = None) -> dict:
-    """pass@k and maj@k as `evaluate` describes them; `judge` decides (default: `accuracy_c` in this process)."""
+                                rows: list[dict] | None = None, sampler=None) -> dict:
+    """pass@k and maj@k as `evaluate` describes them; `judge` decides (default: `accuracy_c` in this process);
+    with a multi-turn `sampler` each sample is a conversation at `temperature`."""
     judge = judge or Judge(ComponentScorer([accuracy_c]), accuracy_c.name)
     rows = rows if rows is not None else [{"answer": a} for a in answers]
     passed_sum = majority = unscored = estimated = voted = 0
     for i in range(0, len(prompts), batch_size):
-        batch_prompts = prompts[i: i + batch_size]
-        rollout = sample(model, tokenizer, batch_prompts, group_size=n,
-                         max_new_tokens=max_new_tokens, temperature=temperature, engine=engine)
+        batch_prompts, batch_rows = prompts[i: i + batch_size], rows[i: i + batch_size]
+        if sampler is not None:
+            rollout = sampler.sample(batch_prompts, n, rows=batch_rows, temperature=temperature)
+        else:
+            rollout = sample(model, tokenizer, batch_prompts, group_size=n,
+                             max_new_tokens=max_new_tokens, temperature=temperature, engine=engine)
         verdicts = judge.judge([p for p in batch_prompts for _ in range(n)], rollout.completions,
-                               [r for r in rows[i: i + batch_size] for _ in range(n)])
+                               [r for r in batch_rows for _ in range(n)], rollout.env_rewards)
         for j in range(len(batch_prompts)):
             group = list(zip(rollout.completions[j * n: (j + 1) * n], verdicts.correct[j * n: (j + 1) * n]))
             scored = [ok for _, ok in group if ok is not None]  # an unscored sample is out of n and c

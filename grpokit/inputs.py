@@ -60,7 +60,7 @@ def prepare_inputs(config: Config) -> Inputs:
     d, o = config.data, config.offline
     filters_on_pass = method.online and config.sampling.dynamic and config.sampling.dynamic_filter == "pass"
     if method.trains_on_passed or filters_on_pass:  # the others only report "passed"
-        check_pass_reward(config.online.pass_reward, components)
+        check_pass_reward(config.online.pass_reward, components, env=bool(config.env.name))
     if not d.train:
         raise GrpokitError("no training data given: set data.train (a .jsonl/.parquet/.csv file or a folder).")
     # What each method needs of a training row: online methods verify answers against ground

@@ -244,7 +244,7 @@ class Trainer:
         c, G = self.config, self.config.sampling.group_size
         rollout, scores, kept = collected.rollout, collected.scores, collected.kept
         synced_before = self.sampler.sync_seconds  # pushing weights into vLLM, part of sampling
-        pass_key = resolve_pass_reward(c.online.pass_reward, self.inputs.components)
+        pass_key = resolve_pass_reward(c.online.pass_reward, self.inputs.components, env=bool(c.env.name))
         passed_B = passed(scores, pass_key, c.online.pass_threshold) if pass_key is not None else None
         scored_B = torch.tensor(scores.verified(), dtype=torch.bool)  # a failed verification is not a wrong answer
         kept_rows = [g * G + j for g in kept for j in range(G)]

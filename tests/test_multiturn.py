@@ -302,3 +302,26 @@ def test_a_killed_multi_turn_run_resumes_to_the_same_result(tiny_home, tmp_path)
     resumed = _cli(config_file, out, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     _assert_same_run(out, reference)
+
+
+def test_the_eval_command_holds_conversations_as_training_evaluates(tiny_home, tmp_path, capsys):
+    """`grpokit eval` with an env section answers in conversations, judged by the environment's reward
+    (online.pass_reward=env): its numbers equal the trainer's evaluation of the same model at step 0."""
+    from grpokit.cli import main
+
+    overrides = [f"env.name={TOOLS}:EveryCharacterEnvironment", "env.max_turns=3", "env.max_tokens=60",
+                 "online.pass_reward=env", "online.pass_threshold=2", "rewards=[accuracy]", "verify.isolate=false",
+                 "sampling.max_new_tokens=8", "eval.max_new_tokens=8"]
+    out = tmp_path / "run"
+    summary = train(load_config(None, [
+        f"model.path={tiny_home['model']}", f"data.train={tiny_home['train']}", f"data.eval={tiny_home['eval']}",
+        "data.max_eval_examples=6", "sampling.group_size=2", "sampling.prompts_per_step=2", "train.steps=1",
+        "train.progress=false", f"train.out_dir={out}", *overrides]))
+    before = summary["eval_before"]
+    assert main(["eval", str(tiny_home["model"]), str(tiny_home["eval"]), "--max-examples", "6", *overrides,
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["tool_call_rate"] == before["tool_call_rate"] > 0
+    assert result["accuracy"] == before["accuracy"] and result["mean_length"] == before["mean_length"]
+    # the pass rule read the environment's reward: a conversation passes when it reached the second call
+    assert 0 < result["accuracy"] <= result["tool_call_rate"]

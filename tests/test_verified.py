@@ -29,9 +29,21 @@ def test_pass_reward_resolves_names_aliases_and_aliased_builtins():
     assert check_pass_reward("acc", components) == "acc"
     assert check_pass_reward("accuracy", components) == "acc"  # the built-in, running under its alias
     assert check_pass_reward("total", components) == "total"
-    with pytest.raises(GrpokitError, match="online.pass_reward.*'correct'.*acc, format"):
+    with pytest.raises(GrpokitError, match="online.pass_reward.*'correct'.*'acc', 'format'"):
         check_pass_reward("correct", components)
     assert resolve_pass_reward("accuracy", build_reward_components(["format"])) is None
+    # 'env': the environment's own reward, only when the run has one
+    assert check_pass_reward("env", components, env=True) == "env"
+    with pytest.raises(GrpokitError, match="'env' is the reward of an environment: set env.name"):
+        check_pass_reward("env", components)
+
+
+def test_the_environments_reward_decides_passing_and_an_absent_one_passes_nothing():
+    scores = Scores(components={"accuracy": [1.0, 0.0, 0.0]}, total=[1.0, 0.0, 0.0])
+    assert passed(scores, "env", 1.0).tolist() == [False, False, False]  # no environment reward this step
+    with_env = scores.with_component("env", [2.0, 1.0, None])
+    assert passed(with_env, "env", 1.0).tolist() == [True, True, False]
+    assert passed(with_env, "env", 1.5).tolist() == [True, False, False]
 
 
 def test_rft_keeps_passing_completions_once_per_distinct_text_within_a_group():
