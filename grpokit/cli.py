@@ -50,6 +50,8 @@ def cmd_validate(args) -> int:
         print(f"eval data OK: {len(inputs.eval)} rows from {config.data.eval}"
               + (f" ({dropped['eval']} dropped by data.max_prompt_tokens)" if dropped["eval"] else ""))
     print(f"prompts OK: rendered with the tokenizer of {config.model.path}; first one:\n{inputs.train_prompts[0]!r}")
+    for warning in inputs.warnings:
+        print(f"warning: {warning}")
     print("rewards OK: " + ", ".join(f"{c.name} (weight {c.weight:g}{', batched' if c.batched else ''})"
                                      for c in inputs.components))
     return 0

@@ -29,6 +29,7 @@ class Inputs:
     train_prompts: list[str]
     eval_prompts: list[str]
     dropped: dict[str, int]  # rows removed by data.max_prompt_tokens, per split
+    warnings: list[str]  # what may still run but is likely a mistake (printed once by report_inputs)
 
 
 def render_and_filter(examples: list[Example], tokenizer, config: Config, split: str,
@@ -92,8 +93,67 @@ def prepare_inputs(config: Config) -> Inputs:
     tools = check_environment(config, tokenizer)  # the tools a chat template shows, if it does
     train, train_prompts, dropped_train = render_and_filter(train, tokenizer, config, "training", tools)
     eval_, eval_prompts, dropped_eval = render_and_filter(eval_, tokenizer, config, "eval", tools)
+    warnings = check_positions(config, tokenizer, [(train, train_prompts, "training", method.online),
+                                                   (eval_, eval_prompts, "eval", True)])
     return Inputs(components, train, eval_, tokenizer, train_prompts, eval_prompts,
-                  {"train": dropped_train, "eval": dropped_eval})
+                  {"train": dropped_train, "eval": dropped_eval}, warnings)
+
+
+def model_positions(config: Config) -> int | None:
+    """How many positions the model was built for (its config's max_position_embeddings or n_positions),
+    read from its config file without loading weights; None when the config does not say."""
+    from transformers import AutoConfig
+
+    from grpokit.modeling import model_folder
+
+    try:
+        model_config = AutoConfig.from_pretrained(model_folder(config.model.path),
+                                                  trust_remote_code=config.model.trust_remote_code)
+    except (OSError, ValueError):
+        return None  # the model load names the problem
+    model_config = getattr(model_config, "text_config", None) or model_config
+    for key in ("max_position_embeddings", "n_positions"):
+        if isinstance(getattr(model_config, key, None), int):
+            return getattr(model_config, key)
+    return None
+
+
+def check_positions(config: Config, tokenizer, splits: list[tuple[list[Example], list[str], str, bool]]) -> list[str]:
+    """A prompt longer than the model's positions is an error naming its row and the fix; a prompt
+    plus the tokens generated after it (sampling.max_new_tokens, a conversation's env.max_tokens,
+    eval.max_new_tokens) beyond them is a warning: rotary models run on, past what they were trained
+    for, and models with learned positions fail mid-generation."""
+    positions = model_positions(config)
+    if positions is None:
+        return []
+    s, e = config.sampling, config.env
+    warnings = []
+    for examples, prompts, split, generates in splits:
+        if not prompts:
+            continue
+        lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+        longest = max(range(len(lengths)), key=lengths.__getitem__)
+        if lengths[longest] > positions:
+            raise GrpokitError(
+                f"{examples[longest].source}: this {split} prompt is {lengths[longest]} tokens, longer than the "
+                f"{positions} positions of {config.model.path}; {sum(n > positions for n in lengths)} {split} "
+                f"prompts are. Set data.max_prompt_tokens (e.g. {positions // 2}) to drop them, or shorten them.")
+        if not generates:
+            continue
+        new_key, new = (("env.max_tokens", e.max_tokens) if e.name else
+                        ("eval.max_new_tokens", config.eval.max_new_tokens or s.max_new_tokens) if split == "eval"
+                        else ("sampling.max_new_tokens", s.max_new_tokens))
+        over = sum(n + new > positions for n in lengths)
+        if over:
+            room = positions - lengths[longest]  # new tokens that fit after the longest prompt
+            fixes = [f"{new_key}={room}"] if room >= 1 else []
+            if positions - new >= min(lengths):
+                fixes.append(f"data.max_prompt_tokens={positions - new} (drops those {over} prompts)")
+            warnings.append(
+                f"{over} {split} prompts plus {new_key}={new} reach past the model's {positions} positions (longest "
+                f"prompt {lengths[longest]} tokens: {examples[longest].source}); tokens there are beyond what the "
+                f"model was trained for. " + (f"Set {' or '.join(fixes)}." if fixes else "Shorten the prompts."))
+    return warnings
 
 
 def check_world(config: Config, w) -> None:
@@ -109,7 +169,10 @@ def check_world(config: Config, w) -> None:
                                f"use a multiple of {w.size}.")
 
 
-def report_dropped(inputs: Inputs, config: Config) -> None:
+def report_inputs(inputs: Inputs, config: Config) -> None:
+    """On stderr: rows dropped by data.max_prompt_tokens, and the warnings."""
+    for warning in inputs.warnings:
+        print(f"grpokit: warning: {warning}", file=sys.stderr)
     for split, count in inputs.dropped.items():
         if count:
             print(f"grpokit: dropped {count} {split} rows whose prompt is longer than data.max_prompt_tokens="

@@ -38,7 +38,7 @@ from grpokit.config import Config
 from grpokit.envs import make_environments
 from grpokit.errors import GrpokitError
 from grpokit.evaluation import eval_reward_specs, evaluate, make_eval_scorer
-from grpokit.inputs import Inputs, check_world, prepare_inputs, report_dropped
+from grpokit.inputs import Inputs, check_world, prepare_inputs, report_inputs
 from grpokit.methods import METHODS, Method, ScoredGroups, shardable_methods
 from grpokit.methods.sft import sft_step
 from grpokit.modeling import AdapterDisabledReference, apply_lora, autocast, load_lora, load_model, model_folder
@@ -397,7 +397,7 @@ def train(config: Config, out_dir: str | None = None, *, overwrite: bool = False
         raise GrpokitError("--overwrite starts the run over and --resume (train.resume=true) continues it: use one.")
     inputs = prepare_inputs(config)  # before the model: bad input fails fast
     check_world(config, world())
-    report_dropped(inputs, config)
+    report_inputs(inputs, config)
     started = time.perf_counter()
     set_seed(config.train.seed + world().rank)  # several processes: a random stream each (rank 0: the seed)
     if config.train.threads:

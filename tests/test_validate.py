@@ -91,6 +91,27 @@ def test_dataset_left_empty_after_filtering(tmp_path, capsys, tiny_home):
     assert "empty after filtering" in out.err and "max_prompt_tokens=20" in out.err and "d.jsonl:1" in out.err
 
 
+def test_a_prompt_longer_than_the_models_positions_is_named(tmp_path, capsys, tiny_home):
+    """The tiny model has 256 positions and a character-level tokenizer."""
+    rows = b'{"prompt": "a", "answer": "1"}\n{"prompt": "' + b"x" * 300 + b'", "answer": "2"}\n'
+    code, out = _validate(tmp_path, capsys, rows, model=tiny_home["model"])
+    assert code == 2 and "d.jsonl:2" in out.err and "longer than the 256 positions" in out.err
+    assert "data.max_prompt_tokens" in out.err
+    code, out = _validate(tmp_path, capsys, rows, "data.max_prompt_tokens=100", model=tiny_home["model"])
+    assert code == 0 and "warning" not in out.out
+
+
+def test_prompts_plus_generation_past_the_models_positions_warn_with_the_fix(tmp_path, capsys, tiny_home):
+    rows = b'{"prompt": "a", "answer": "1"}\n{"prompt": "' + b"x" * 100 + b'", "answer": "2"}\n'
+    code, out = _validate(tmp_path, capsys, rows, "sampling.max_new_tokens=200", model=tiny_home["model"])
+    warning = next(line for line in out.out.splitlines() if line.startswith("warning: "))
+    assert code == 0 and "1 training prompts plus sampling.max_new_tokens=200 reach past the model's 256" in warning
+    room = 256 - int(re.search(r"longest prompt (\d+) tokens: \S*d.jsonl:2", warning).group(1))
+    assert f"sampling.max_new_tokens={room} or data.max_prompt_tokens=56 (drops those 1 prompts)" in warning
+    code, out = _validate(tmp_path, capsys, rows, "sampling.max_new_tokens=64", model=tiny_home["model"])
+    assert code == 0 and "warning" not in out.out
+
+
 def test_prompt_template_error_is_reported_before_the_model(tmp_path, capsys, tiny_home):
     code, out = _validate(tmp_path, capsys, b'{"prompt": "a", "answer": "1"}\n', "data.prompt_template=Q: {question}",
                           model=tiny_home["model"])
