@@ -202,15 +202,26 @@ def _with_extract(spec, mode: str):
 
 def cmd_score(args) -> int:
     from grpokit.config import load_config
-    from grpokit.rewards import build_reward_components
+    from grpokit.rewards import make_scorer
     from grpokit.run_dir import _jsonable
     from grpokit.score_command import score_file
 
     config = load_config(args.config, args.overrides)
     specs = config.rewards if not args.extract else [_with_extract(s, args.extract) for s in config.rewards]
-    components = build_reward_components(specs)
-    rows, summary = score_file(args.input, components, completion_field=args.completion_field,
-                               answer_field=args.answer_field, prompt_field=args.prompt_field)
+    v = config.verify  # as training scores: a worker with a time limit per call (verify.isolate, verify.timeout)
+    with make_scorer(specs, timeout=v.timeout, isolate=v.isolate) as scorer:
+        rows, summary = score_file(args.input, None, completion_field=args.completion_field,
+                                   answer_field=args.answer_field, prompt_field=args.prompt_field, scorer=scorer)
+    if summary["rows_without_answer"]:
+        print(f"grpokit: warning: {summary['rows_without_answer']} of {summary['n']} rows have no "
+              f"'{args.answer_field}' field (e.g. {summary['first_row_without_answer']}); a reward that checks an "
+              "answer scores them None. Name the answer column with --answer-field.", file=sys.stderr)
+    if summary["first_failure"]:
+        e = summary["first_failure"]
+        failed = ", ".join(f"{name}: " + ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+                           for name, kinds in summary["reward_failures"].items())
+        print(f"grpokit: a reward failed ({failed}); those cells are None and the rows carry `reward_errors`. "
+              f"E.g. {e['component']!r} on {e['row']}: {e['kind']}: {e['message']}", file=sys.stderr)
     out = Path(args.out) if args.out else Path(args.input).with_suffix(".scored.jsonl")
     out.write_text("".join(json.dumps(_jsonable(r)) + "\n" for r in rows), encoding="utf-8")
     summary["out"] = str(out)

@@ -1,7 +1,10 @@
 """`grpokit score`: apply reward functions to a JSONL file of existing completions.
 
 The way to check a verifier on real model outputs before spending compute on training:
-each output row is the input row plus every reward component and the weighted total.
+each output row is the input row plus every reward component and the weighted total. Rewards run
+as training runs them (the scorer of `grpokit.rewards.make_scorer`: a worker process with
+`verify.timeout` per call), so a verifier that hangs or crashes leaves its cell unscored, with the
+reason in the row's `reward_errors`, instead of hanging or killing the command.
 """
 
 from __future__ import annotations
@@ -22,9 +25,12 @@ def _as_text(value, where: str, field: str, problems: list[str], required: bool)
     return value if isinstance(value, str) else (str(int(value)) if float(value).is_integer() else str(value))
 
 
-def score_file(path: str | Path, components: list[RewardComponent], *, completion_field: str,
-               answer_field: str, prompt_field: str = "prompt") -> tuple[list[dict], dict]:
-    """Score every row; returns (output rows, summary). Bad rows are all reported at once."""
+def score_file(path: str | Path, components: list[RewardComponent] | None, *, completion_field: str,
+               answer_field: str, prompt_field: str = "prompt", scorer=None) -> tuple[list[dict], dict]:
+    """Score every row with `scorer` (e.g. `make_scorer(...)`), or else `components` in this process;
+    returns (output rows, summary). Bad rows are all reported at once. The summary counts the rows
+    without an answer (`rows_without_answer`: a reward that checks one scores them None) and the
+    failed cells (`reward_failures`, by component and kind)."""
     rows = read_jsonl(path)
     if not rows:
         raise GrpokitError(f"{path}: no rows to score (the file is empty).")
@@ -46,12 +52,21 @@ def score_file(path: str | Path, components: list[RewardComponent], *, completio
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise GrpokitError(f"{path}: {len(problems)} rows cannot be scored:\n  {shown}{more}")
     examples = [{**f, "answer": a} for f, a in zip(fields, answers)]
-    scores = score_completions(components, prompts, completions, examples)
+    scores = scorer.score(prompts, completions, examples) if scorer is not None else \
+        score_completions(components, prompts, completions, examples)
+    failures: dict[int, list[dict]] = {}
+    for e in scores.errors:
+        failures.setdefault(e["index"], []).append({k: e[k] for k in ("component", "kind", "message")})
     out_rows = []
     for i, (_, row) in enumerate(rows):
         out_rows.append({**row, "rewards": {name: values[i] for name, values in scores.components.items()},
-                         "reward": scores.total[i]})
+                         "reward": scores.total[i], **({"reward_errors": failures[i]} if i in failures else {})})
+    without_answer = [f"{path}:{line}" for (line, _), a in zip(rows, answers) if a is None]
     summary = {"n": len(rows), "components": scores.summary(),
                "reward_mean": sum(scores.total) / len(rows),
-               "unscored_rows": sum(any(v[i] is None for v in scores.components.values()) for i in range(len(rows)))}
+               "unscored_rows": sum(any(v[i] is None for v in scores.components.values()) for i in range(len(rows))),
+               "rows_without_answer": len(without_answer), "first_row_without_answer": next(iter(without_answer), None),
+               "reward_failures": {name: kinds for name, kinds in scores.error_counts.items() if kinds},
+               "first_failure": {**scores.errors[0], "row": f"{path}:{rows[scores.errors[0]['index']][0]}"}
+               if scores.errors else None}
     return out_rows, summary

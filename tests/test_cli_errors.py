@@ -5,6 +5,7 @@ before checking the input, the error would be about the model instead of the inp
 """
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -93,6 +94,38 @@ def test_score_command_writes_rows_and_summary(tmp_path, capsys):
     scored = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["rewards"]["accuracy"] for r in scored] == [1.0, 0.0, 1.0]
     assert scored[1]["completion"] == rows[1]["completion"]
+
+
+BAD_REWARDS = Path(__file__).parent / "fixtures" / "rewards" / "bad_rewards.py"
+
+
+def test_score_command_survives_a_hanging_or_crashing_verifier(tmp_path, capsys):
+    """As training scores: a worker with verify.timeout per call. A hang is cut, a crash costs its cell."""
+    rows = [{"completion": "bad one", "answer": "1"}, {"completion": "<answer>1</answer>", "answer": "1"},
+            {"completion": "bad two", "answer": "1"}]
+    data = _write(tmp_path / "c.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out.jsonl"
+    rewards = f"rewards=['{BAD_REWARDS}:sleeps', '{BAD_REWARDS}:exits', accuracy]"
+    assert main(["score", str(data), rewards, "verify.timeout=2", "--out", str(out), "--json"]) == 0
+    printed = capsys.readouterr()
+    summary = json.loads(printed.out)
+    assert summary["reward_failures"] == {f"{BAD_REWARDS}:sleeps": {"timeout": 2},
+                                          f"{BAD_REWARDS}:exits": {"crashed": 2}}
+    assert summary["unscored_rows"] == 2 and summary["components"]["accuracy"]["mean"] == pytest.approx(1 / 3)
+    scored = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["rewards"][f"{BAD_REWARDS}:sleeps"] for r in scored] == [None, 1.0, None]
+    assert [sorted(e["kind"] for e in r.get("reward_errors", [])) for r in scored] == \
+        [["crashed", "timeout"], [], ["crashed", "timeout"]]
+    assert "c.jsonl:1: timeout" in printed.err
+
+
+def test_score_command_warns_about_rows_without_the_answer_field(tmp_path, capsys):
+    data = _write(tmp_path / "c.jsonl", '{"completion": "<answer>2</answer>", "answer": "2"}\n'
+                                        '{"completion": "<answer>2</answer>", "gold": "2"}\n')
+    assert main(["score", str(data), "--answer-field", "gold", "--json"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["rows_without_answer"] == 1
+    assert "1 of 2 rows have no 'gold' field (e.g. " in out.err and "c.jsonl:1)" in out.err
 
 
 def test_score_command_reports_every_bad_row(tmp_path, capsys):
