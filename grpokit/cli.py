@@ -300,6 +300,19 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def _at_least(minimum: int):
+    """An argparse type: an integer >= minimum, else argparse's usage error (exit 2) saying so."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer of at least {minimum}, got {value}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="grpokit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -325,8 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="pre-flight: sample a few groups with a config and report what would go wrong")
     p.add_argument("config", help="YAML config")
     p.add_argument("overrides", nargs="*", help=overrides_help)
-    p.add_argument("--groups", type=int, default=4, help="prompts to sample a group for (default 4)")
-    p.add_argument("--show", type=int, default=3, help="prompts and completions to print (default 3)")
+    p.add_argument("--groups", type=_at_least(1), default=4, help="prompts to sample a group for (default 4)")
+    p.add_argument("--show", type=_at_least(0), default=3, help="prompts and completions to print (default 3)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--strict", action="store_true", help="exit with code 1 when there is any warning")
     p.set_defaults(func=cmd_doctor)
@@ -358,12 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/compare", help="folder for the table, plots and runs (default runs/compare)")
     p.add_argument("--home", default=DEMO_HOME, help=f"where the tiny model and data live (default {DEMO_HOME})")
     p.add_argument("--progress", action="store_true", help="show each run's progress bar in its log")
-    p.add_argument("--seeds", type=int, default=1,
+    p.add_argument("--seeds", type=_at_least(1), default=1,
                    help="run each method at N seeds (train.seed, +1, ...), each seed with its own warm-up; report "
                         "means, 95%% t-intervals and paired differences (default 1)")
     p.add_argument("--reference", default="grpo", help="method the others are paired against, seed by seed "
                                                        "(default grpo)")
-    p.add_argument("--steps", type=int, help="training steps of every method (same as train.steps=N)")
+    p.add_argument("--steps", type=_at_least(1), help="training steps of every method (same as train.steps=N)")
     p.add_argument("--sweep", help="KEY=V1,V2,... e.g. optim.lr=2e-5,5e-5,1e-4: each method keeps the value with "
                                    "the best mean accuracy on --valid, then is scored on the test prompts")
     p.add_argument("--valid", help="validation data for --sweep, apart from the test prompts (data.eval); default "
@@ -380,9 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="dataset with prompts and answers")
     p.add_argument("overrides", nargs="*", help=overrides_help + " (e.g. data.dataset_format=gsm8k)")
     p.add_argument("--config", help="YAML config for data, reward and sampling options")
-    p.add_argument("--k", type=int, default=0, help="also sample k completions per prompt for pass@k / maj@k")
-    p.add_argument("--max-examples", type=int, help="evaluate only the first N rows")
-    p.add_argument("--max-new-tokens", type=int, help="longest completion")
+    p.add_argument("--k", type=_at_least(0), default=0,
+                   help="also sample k completions per prompt for pass@k / maj@k (default 0: greedy only)")
+    p.add_argument("--max-examples", type=_at_least(1), help="evaluate only the first N rows")
+    p.add_argument("--max-new-tokens", type=_at_least(1), help="longest completion")
     p.add_argument("--extract", help="answer extraction: answer_tag, boxed, gsm8k, last_number, auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)

@@ -24,6 +24,7 @@ from grpokit.multiturn import MultiTurnSampler
 from grpokit.parallel import single_process
 from grpokit.rewards import BUILTIN_REWARDS, make_scorer
 from grpokit.rewards.builtin import DEFAULT_FORMAT_PATTERN
+from grpokit.rewards.scoring import forwarded_fields
 from grpokit.run_dir import peak_memory_mb
 from grpokit.sampler import LocalSampler, sample
 from grpokit.step_log import env_metrics
@@ -123,7 +124,10 @@ def run_doctor(config: Config, *, num_groups: int = 4, show_prompts: int = 2, sh
     with make_scorer(config.rewards, timeout=config.verify.timeout, isolate=config.verify.isolate) as scorer:
         scores = scorer.score([p for p in prompts for _ in range(G)], rollout.completions, fields)
     samples = [{"completion": rollout.completions[i],
-                "fields": {k: v for k, v in fields[i].items() if isinstance(v, (str, int, float)) or v is None},
+                # what the reward receives besides completion and prompt (a row's own "completion", e.g.
+                # an SFT target, is not forwarded)
+                "fields": {k: v for k, v in forwarded_fields(fields[i]).items()
+                           if isinstance(v, (str, int, float)) or v is None},
                 "rewards": {name: values[i] for name, values in scores.components.items()},
                 "total": scores.total[i], "truncated": bool(rollout.truncated_B[i])}
                for i in range(min(show_samples, len(rollout.completions)))]
@@ -234,7 +238,8 @@ def format_report(report: Report) -> str:
     for i, sample_ in enumerate(report.samples):
         rewards = ", ".join(f"{k}={v!r}" for k, v in sample_["rewards"].items())
         lines += [f"[completion {i}]{' (truncated)' if sample_['truncated'] else ''} {sample_['completion']!r}",
-                  f"    fields: {sample_['fields']}", f"    rewards: {rewards} -> total {sample_['total']:g}"]
+                  f"    fields (besides completion and prompt): {sample_['fields']}",
+                  f"    rewards: {rewards} -> total {sample_['total']:g}"]
     st = report.stats
     lines += ["\n== statistics ==",
               f"groups sampled: {st['groups']} x {st['group_size']} in {st['sampling_seconds']:.1f} s",

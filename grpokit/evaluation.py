@@ -150,7 +150,7 @@ def evaluate(
     pass_reward: str = "accuracy",
     pass_threshold: float = 1.0,
 ) -> dict:
-    """Greedy decoding on every prompt; with k > 1, also k samples each for pass@k and maj@k.
+    """Greedy decoding on every prompt; with k >= 1, also k samples each for pass@k and maj@k.
 
     Scoring: `scorer` (the run's, from `make_scorer`), or else `components` scored in this process;
     `rows` are the prompts' dataset rows the rewards see (default: the answer alone). A completion is
@@ -159,7 +159,7 @@ def evaluate(
     Returns accuracy and format_rate over the scored completions (None if none was), unscored (how
     many completions a reward failed on: neither correct nor wrong), mean_length, truncation_rate and
     n over all of them, seconds, errors (the reward failures) and samples (the first completions with
-    their verdict). With k > 1 also pass_at_k, maj_at_k, k, n_samples, unscored_samples and
+    their verdict). With k >= 1 also pass_at_k, maj_at_k, k, n_samples, unscored_samples and
     pass_at_k_prompts. pass@k: from n_samples >= k samples per prompt (default k), the unbiased
     1 - C(n-c, k)/C(n, k) of Chen et al. 2021 (`grpokit.stats.pass_at_k`) with n the prompt's scored
     samples and c the correct ones among them, averaged over the prompts with at least k scored
@@ -202,7 +202,7 @@ def evaluate(
         "n": n,
         **({"tool_call_rate": sum(tool_calls) / n} if sampler is not None else {}),
     }
-    if k > 1:
+    if k >= 1:
         n = n_samples or k
         result.update(_pass_and_majority(model, tokenizer, prompts, answers, None, k=k, n=n,
                                          max_new_tokens=max_new_tokens, temperature=temperature,

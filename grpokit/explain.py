@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from grpokit.advantages import group_advantages
+from grpokit.errors import GrpokitError
 from grpokit.losses import LossNormalizers, dpo_loss, grpo_loss, orpo_loss, sequence_logprob, sft_loss
 
 QUESTION = "Is Paris the capital of France?"
@@ -254,9 +255,14 @@ def plot(rows: list[Row], path: str | Path) -> Path:
     axes[0][0].legend(fontsize=8)
     fig.suptitle(QUESTION, fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+    except OSError as e:
+        raise GrpokitError(f"could not write the plot to {path}: {e.strerror or e}. Give --plot a writable path.") \
+            from None
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -133,3 +133,21 @@ def test_score_command_reports_every_bad_row(tmp_path, capsys):
     assert main(["score", str(data)]) == 2
     err = capsys.readouterr().err
     assert "c.jsonl:1" in err and "c.jsonl:3" in err and "2 rows" in err
+
+
+@pytest.mark.parametrize("args", [["doctor", "c.yaml", "--groups", "0"], ["doctor", "c.yaml", "--groups", "-1"],
+                                  ["doctor", "c.yaml", "--show", "-1"], ["eval", "m", "d", "--max-examples", "0"],
+                                  ["eval", "m", "d", "--max-new-tokens", "0"], ["eval", "m", "d", "--k", "-2"],
+                                  ["compare", "--seeds", "0"], ["compare", "--steps", "x"]])
+def test_count_options_out_of_range_are_usage_errors(args, capsys):
+    """Before any file or model is touched: exit 2 with the option and what it expects."""
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2
+    assert f"argument {args[-2]}: expected an integer" in capsys.readouterr().err
+
+
+def test_explain_plot_to_an_unwritable_path_is_a_named_error(tmp_path, capsys):
+    blocker = _write(tmp_path / "file", "x")  # a file where the plot's folder would be
+    assert main(["explain", "--plot", str(blocker / "x.png")]) == 2
+    assert f"could not write the plot to {blocker / 'x.png'}" in capsys.readouterr().err

@@ -25,7 +25,8 @@ def test_report_shows_prompts_rewards_and_statistics(untrained_report):
     r = untrained_report
     assert len(r.prompts) == 2 and r.prompts[0]["text"].startswith("Q: What is") and r.prompts[0]["tokens"] > 5
     assert len(r.samples) == 2 and set(r.samples[0]["rewards"]) == {"accuracy", "format"}
-    assert "answer" in r.samples[0]["fields"]  # exactly what the reward function receives
+    assert "answer" in r.samples[0]["fields"]  # exactly what the reward function receives:
+    assert "completion" not in r.samples[0]["fields"]  # not the row's demonstration (the tiny task has one)
     assert r.stats["groups"] == 3 and 0.0 <= r.stats["zero_variance_fraction"] <= 1.0
     assert r.memory["total_mb"] > r.memory["weights"] > 0 and r.memory["measured_peak_mb"] > 0
     text = format_report(r)

@@ -82,9 +82,14 @@ def _call(component: RewardComponent, *args, **kwargs) -> tuple[object, Outcome 
         return None, error_outcome("exception", _describe(e))
 
 
+def forwarded_fields(example: dict) -> dict:
+    """The row fields a reward receives as keyword arguments, besides `completion` and `prompt`."""
+    return {k: v for k, v in example.items() if k not in _RESERVED_FIELDS}
+
+
 def score_one(component: RewardComponent, completion: str, prompt: str, example: dict) -> Outcome:
     """Call a per-sample component on one completion as `fn(completion, **fields, prompt=..., **options)`."""
-    fields = {k: v for k, v in example.items() if k not in _RESERVED_FIELDS}
+    fields = forwarded_fields(example)
     raw, failed = _call(component, completion, **{**fields, "prompt": prompt, **component.kwargs})
     return failed or _to_outcome(raw)
 
@@ -98,7 +103,7 @@ def score_batched(
     completion fails every cell of the batch.
     """
     n = len(completions)
-    field_names = list(dict.fromkeys(k for ex in examples for k in ex if k not in _RESERVED_FIELDS))
+    field_names = list(dict.fromkeys(k for ex in examples for k in forwarded_fields(ex)))
     columns = {k: [ex.get(k) for ex in examples] for k in field_names}
     raw, failed = _call(component, prompts=prompts, completions=completions, **{**columns, **component.kwargs})
     if failed:
