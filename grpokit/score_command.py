@@ -12,15 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from grpokit.errors import GrpokitError
-from grpokit.jsonl import read_jsonl
+from grpokit.jsonl import parse_jsonl
+from grpokit.problems import Problems, missing_path
 from grpokit.rewards import RewardComponent, score_completions
 
 
-def _as_text(value, where: str, field: str, problems: list[str], required: bool) -> str | None:
+def _as_text(value, where: str, field: str, problems: Problems, required: bool) -> str | None:
     if value is None and not required:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        problems.append(f"{where}: field '{field}' should be a string, found {type(value).__name__} {value!r:.40}")
+        problems.add(where, f"field '{field}' should be a string, found {type(value).__name__}")
         return None
     return value if isinstance(value, str) else (str(int(value)) if float(value).is_integer() else str(value))
 
@@ -31,26 +32,25 @@ def score_file(path: str | Path, components: list[RewardComponent] | None, *, co
     returns (output rows, summary). Bad rows are all reported at once. The summary counts the rows
     without an answer (`rows_without_answer`: a reward that checks one scores them None) and the
     failed cells (`reward_failures`, by component and kind)."""
-    rows = read_jsonl(path)
-    if not rows:
-        raise GrpokitError(f"{path}: no rows to score (the file is empty).")
-    problems: list[str] = []
+    if not Path(path).is_file():
+        raise missing_path(Path(path))
+    problems = Problems()  # unreadable lines and bad fields, all in one error
+    rows = parse_jsonl(Path(path), problems)
     completions, answers, prompts, fields = [], [], [], []
     for line, row in rows:
         where = f"{path}:{line}"
         if completion_field not in row:
-            problems.append(f"{where}: missing field '{completion_field}' (the completion); "
-                            f"row has {', '.join(sorted(row)) or 'no fields'}")
+            problems.add(where, f"missing field '{completion_field}' (the completion; --completion-field names "
+                                f"another); row has {', '.join(sorted(row)) or 'no fields'}")
             continue
         completions.append(_as_text(row[completion_field], where, completion_field, problems, True))
         answers.append(_as_text(row.get(answer_field), where, answer_field, problems, False))
         prompt = row.get(prompt_field)
         prompts.append(prompt if isinstance(prompt, str) else "")
         fields.append({k: v for k, v in row.items() if k not in (completion_field, answer_field)})
-    if problems:
-        shown = "\n  ".join(problems[:20])
-        more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise GrpokitError(f"{path}: {len(problems)} rows cannot be scored:\n  {shown}{more}")
+    problems.raise_if_any(str(path))
+    if not rows:
+        raise GrpokitError(f"{path}: no rows to score (the file is empty).")
     examples = [{**f, "answer": a} for f, a in zip(fields, answers)]
     scores = scorer.score(prompts, completions, examples) if scorer is not None else \
         score_completions(components, prompts, completions, examples)

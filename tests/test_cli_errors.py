@@ -129,10 +129,11 @@ def test_score_command_warns_about_rows_without_the_answer_field(tmp_path, capsy
 
 
 def test_score_command_reports_every_bad_row(tmp_path, capsys):
-    data = _write(tmp_path / "c.jsonl", '{"text": "a"}\n{"completion": 5.5}\n{"completion": ["x"]}\n')
+    data = _write(tmp_path / "c.jsonl", '{"text": "a"}\n{"completion": 5.5}\n{"completion": ["x"]}\n{bad json\n')
     assert main(["score", str(data)]) == 2
     err = capsys.readouterr().err
-    assert "c.jsonl:1" in err and "c.jsonl:3" in err and "2 rows" in err
+    assert "c.jsonl:1" in err and "c.jsonl:3" in err and "3 problems" in err  # 5.5 is read as text
+    assert "c.jsonl:4: malformed JSON" in err  # in the same error as the bad fields, not a second pass
 
 
 @pytest.mark.parametrize("args", [["doctor", "c.yaml", "--groups", "0"], ["doctor", "c.yaml", "--groups", "-1"],
