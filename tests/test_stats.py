@@ -100,7 +100,7 @@ def test_evaluation_pass_at_k_uses_the_unbiased_estimator(monkeypatch):
              "p2": ["<answer>7</answer>", "<answer>7</answer>", "<answer>1</answer>", "<answer>2</answer>"]}
 
     def fake_sample(model, tokenizer, prompts, group_size, **kwargs):
-        return SimpleNamespace(completions=[t for p in prompts for t in texts[p][:group_size]])
+        return SimpleNamespace(completions=[t for p in prompts for t in texts[p][:group_size]], env_rewards=None)
 
     monkeypatch.setattr(evaluation, "sample", fake_sample)
     accuracy = RewardComponent(name="accuracy", fn=BUILTIN_REWARDS["accuracy"], kwargs={"extract": "answer_tag"})
